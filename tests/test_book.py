@@ -1,0 +1,96 @@
+"""The chapter machinery: seeds, claim checks, explorables, the paper list and the build."""
+
+import json
+
+import matplotlib.pyplot as plt
+import nbformat
+import pytest
+
+from lib.book import Chapter, ClaimCheckFailed, book_scale, book_seed, compare, load_papers
+from lib.book import build
+from lib.book.explore import static_explorable_html
+from lib.book.papers import PART_ORDER, part_folder
+
+
+def test_papers_table_has_36_papers_in_known_parts():
+    papers = load_papers()
+    assert [p.number for p in papers] == list(range(1, 37))
+    assert all(p.part in PART_ORDER for p in papers)
+    assert part_folder("Topology & geometry") == "topology-geometry"
+    with pytest.raises(ValueError, match="unknown book part"):
+        part_folder("Cooking")
+
+
+def test_seed_and_scale_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BOOK_SEED", "7")
+    assert book_seed() == 7
+    monkeypatch.setenv("BOOK_SEED", "seven")
+    with pytest.raises(ValueError, match="BOOK_SEED"):
+        book_seed()
+    monkeypatch.setenv("BOOK_SEED", "-1")
+    with pytest.raises(ValueError, match="non-negative"):
+        book_seed()
+    monkeypatch.setenv("BOOK_SCALE", "huge")
+    with pytest.raises(ValueError, match="BOOK_SCALE"):
+        book_scale()
+
+
+def test_compare_needs_exactly_one_comparison():
+    assert compare(0.05, at_most=0.1) == (True, "≤ 0.1")
+    assert compare(3, between=(1, 2))[0] is False
+    assert compare(True, equals=True)[0]
+    with pytest.raises(ValueError, match="exactly one"):
+        compare(1.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        compare(1.0, at_most=2, at_least=0)
+    with pytest.raises(TypeError, match="number"):
+        compare("fast", at_most=1)
+    assert compare(float("nan"), at_most=1)[0] is False
+
+
+def test_claim_checks_are_recorded_and_a_failure_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("BOOK_SEED", "3")
+    chapter = Chapter("sinkhorn-newton-sparse")
+    assert chapter.seed == 3 and chapter.scale == "mini"
+    chapter.check("ratio is small", paper="Table 1", measured=0.04, at_most=0.1)
+    with pytest.raises(ClaimCheckFailed, match="ratio is large"):
+        chapter.check("ratio is large", paper="Table 1", measured=0.5, at_most=0.1)
+    record = json.loads((tmp_path / "sinkhorn-newton-sparse.json").read_text())
+    assert [c["passed"] for c in record["claims"]] == [True, False]
+    assert set(record["claims"][0]) >= {"claim", "paper", "measured", "passed"}
+    with pytest.raises(KeyError, match="no paper with slug"):
+        Chapter("no-such-paper")
+
+
+def test_static_explorable_renders_every_frame_and_starts_where_asked():
+    def render(a, b):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [a, b])
+        return fig
+
+    html = static_explorable_html(render, {"a": [0, 1, 2], "b": [0.5, 1.5]}, initial={"a": 1})
+    assert html.count('type="range"') == 2
+    assert html.count("iVBOR") == 3 * 2 + 1  # every frame in the script, the start one in <img>
+    assert 'value="1"' in html
+    with pytest.raises(ValueError, match="not on its grid"):
+        static_explorable_html(render, {"a": [0, 1]}, initial={"a": 5})
+    with pytest.raises(ValueError, match="at least two values"):
+        static_explorable_html(render, {"a": [0]})
+    with pytest.raises(ValueError, match="too many"):
+        static_explorable_html(render, {"a": range(10), "b": range(10)})
+
+
+def test_paired_notebooks_are_output_free_and_open_with_a_colab_cell():
+    for md in build.chapter_sources():
+        nb = nbformat.reads(build.chapter_notebook(md), as_version=4)
+        assert "google.colab" in nb.cells[0].source
+        assert nb.cells[0].metadata["tags"] == ["remove-cell"]
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_toc_lists_every_chapter_and_the_closing_pages():
+    toc = build.toc_text()
+    for md in build.chapter_sources():
+        assert md.stem in toc
+    assert "book/scoreboard" in toc and "book/bibliography" in toc
