@@ -4,11 +4,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Executing the chapters: explorables pre-render (BOOK_STATIC), progress bars stay out of the
-# pages (TQDM_DISABLE), and each notebook runs once, its outputs written in place (--overwrite).
-EXECUTE := BOOK_STATIC=1 TQDM_DISABLE=1 MPLBACKEND=agg $(BIN)/pytest --nbmake --overwrite \
-	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts= _build/src/book
-BUILD := $(BIN)/jupyter-book build _build/src --path-output . --builder html
+# Executing the chapters: BOOK_STATIC=1 makes explorables pre-render their frames and keeps
+# progress bars (lib.book.progress) out of the pages; each notebook runs once, and nbmake
+# writes its outputs in place (--overwrite) for the book build, which never executes.
+EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
+	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts=
+BUILD := $(BIN)/jupyter-book build _book --path-output . --builder html
 
 .PHONY: help setup test book lab sync lint unit execute chapter clean distclean lock
 help:
@@ -38,7 +39,7 @@ unit: setup
 
 execute: setup
 	$(BIN)/python -m lib.book.build stage
-	$(EXECUTE)
+	$(EXECUTE) _book/book
 	$(BIN)/python -m lib.book.build report
 
 test: lint unit execute
@@ -52,7 +53,7 @@ book: execute
 chapter: setup
 	@test -n "$(CHAPTER)" || { echo "usage: make chapter CHAPTER=<slug>"; exit 1; }
 	$(BIN)/python -m lib.book.build stage
-	$(EXECUTE) -k "$(CHAPTER)"
+	$(EXECUTE) _book/book/*/$(CHAPTER).ipynb
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.contents_manager_class=jupytext.TextFileContentsManager
@@ -69,7 +70,7 @@ lock:
 	rm -rf _build/lockenv
 
 clean:
-	rm -rf _build
+	rm -rf _build _book
 
 distclean: clean
 	rm -rf $(VENV)

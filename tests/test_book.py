@@ -6,8 +6,7 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
-from lib.book import Chapter, ClaimCheckFailed, book_scale, book_seed, compare, load_papers
-from lib.book import build
+from lib.book import Chapter, ClaimCheckFailed, book_scale, book_seed, build, compare, load_papers
 from lib.book.explore import static_explorable_html
 from lib.book.papers import PART_ORDER, part_folder
 

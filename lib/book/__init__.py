@@ -8,8 +8,9 @@ from lib.book.chapter import (
     book_seed,
     compare,
     seed_everything,
+    show_source,
 )
-from lib.book.explore import explorable, static_mode
+from lib.book.explore import explorable, progress, static_mode
 from lib.book.papers import Paper, load_papers, paper_by_slug
 from lib.book.style import PALETTE, method_colors, use_book_style
 
@@ -26,7 +27,9 @@ __all__ = [
     "load_papers",
     "method_colors",
     "paper_by_slug",
+    "progress",
     "seed_everything",
+    "show_source",
     "static_mode",
     "use_book_style",
 ]

@@ -4,7 +4,7 @@ Run as ``python -m lib.book.build <command>``:
 
 ``sync``    write every chapter's output-free paired ``.ipynb`` and ``_toc.yml`` from the sources
 ``check``   fail if a paired ``.ipynb`` or ``_toc.yml`` is out of date (``make test`` runs it)
-``stage``   lay out ``_build/src``: the book's sources with each chapter as a notebook, ready to
+``stage``   lay out ``_book/``: the book's sources with each chapter as a notebook, ready to
             execute once (nbmake writes the outputs in place) and then build with execution off
 ``report``  after execution: ``_build/reproduction.json`` and the generated scoreboard table
 """
@@ -24,7 +24,8 @@ import yaml
 from lib.book.papers import BOOK_DIR, PART_ORDER, REPO_ROOT, load_papers, part_folder
 
 BUILD_DIR = REPO_ROOT / "_build"
-STAGE_DIR = BUILD_DIR / "src"
+# nbmake skips anything under a folder named _build, so the staged tree lives beside it.
+STAGE_DIR = REPO_ROOT / "_book"
 CLAIMS_DIR = BUILD_DIR / "claims"
 TIMINGS_JSON = BUILD_DIR / "timings.json"
 REPRODUCTION_JSON = BUILD_DIR / "reproduction.json"
@@ -143,7 +144,7 @@ def _papers_by_part_md() -> str:
 
 
 def stage() -> None:
-    """Lay out ``_build/src``: sources as they are, chapters as output-free notebooks."""
+    """Lay out ``_book/``: sources as they are, chapters as output-free notebooks."""
     if STAGE_DIR.exists():
         shutil.rmtree(STAGE_DIR)
     chapters = set(chapter_sources())
@@ -200,7 +201,7 @@ def report() -> None:
         )
     payload = {
         "book": "Stability, Reproduced",
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": sorted(seeds)[0] if len(seeds) == 1 else sorted(seeds),
         "chapters": chapters,
     }
@@ -226,7 +227,8 @@ def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
         "",
     ]
     for part in PART_ORDER:
-        lines += [f"## {part}", "", "| # | paper | chapter | claims | run time |", "|---|---|---|---|---|"]
+        lines += [f"## {part}", "", "| # | paper | chapter | claims | run time |"]
+        lines += ["|---|---|---|---|---|"]
         for p in (p for p in papers if p.part == part):
             arxiv = f"[{p.arxiv}]({p.arxiv_url})" if p.arxiv else "no arXiv id"
             c = by_slug.get(p.slug)

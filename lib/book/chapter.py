@@ -54,7 +54,7 @@ def seed_everything(seed: int | None = None) -> int:
     """
     seed = book_seed() if seed is None else int(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the legacy global RNG)
     try:
         import torch
     except ImportError:  # torch is pinned in the lock; a chapter without it still runs
@@ -264,3 +264,36 @@ def _display_claim(record: ClaimRecord) -> None:
             f"Measured: **{measured}** (needed {record.comparison})."
         )
     )
+
+
+def show_source(obj: Any, start: str | None = None, stop: str | None = None) -> None:
+    """Display the source of a ``lib`` function or class: the code the book shows is the code
+    that runs (no simplified copy that could drift).
+
+    ``start`` and ``stop`` cut out an excerpt: from the first line containing ``start`` up to,
+    not including, the first later line containing ``stop``.
+    """
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    lines = inspect.getsource(obj).rstrip().splitlines()
+    first = 0
+    if start is not None:
+        hits = [i for i, line in enumerate(lines) if start in line]
+        if not hits:
+            raise ValueError(f"{start!r} does not occur in the source of {obj.__qualname__}")
+        first = hits[0]
+    last = len(lines)
+    if stop is not None:
+        hits = [i for i, line in enumerate(lines) if stop in line and i > first]
+        if not hits:
+            raise ValueError(f"{stop!r} does not occur after {start!r} in {obj.__qualname__}")
+        last = hits[0]
+    excerpt = lines[first:last]
+    indent = min(len(x) - len(x.lstrip()) for x in excerpt if x.strip())
+    code = "\n".join(x[indent:] for x in excerpt)
+    module = inspect.getmodule(obj)
+    where = f"{module.__name__}.{obj.__qualname__}" if module else obj.__qualname__
+    part = "" if (start is None and stop is None) else " (excerpt)"
+    display(Markdown(f"From `{where}`{part}:\n\n```python\n{code}\n```"))

@@ -20,7 +20,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -95,13 +95,11 @@ def static_explorable_html(
     dpi: int = 80,
 ) -> str:
     """Render every grid point and return the self-contained slider HTML."""
-    from tqdm.auto import tqdm
-
     start = _validate(controls, initial)
     names = list(controls)
     grids = [list(controls[n]) for n in names]
     frames = []
-    for combo in tqdm(list(itertools.product(*grids)), desc="pre-rendering frames"):
+    for combo in progress(list(itertools.product(*grids)), desc="pre-rendering frames"):
         fig = render(**dict(zip(names, combo)))
         if not isinstance(fig, Figure):
             raise TypeError(f"render must return a matplotlib Figure, got {type(fig)}")
@@ -192,3 +190,11 @@ def explorable(
     if caption:
         box.append(widgets.HTML(f"<em>{html.escape(caption)}</em>"))
     display(widgets.VBox(box))
+
+
+def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
+    """A ``tqdm.auto`` progress bar for loops over about 5 s: a widget in Jupyter, a text bar
+    in a terminal, and nothing while the book is built (a bar is no content for a page)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=static_mode(), **kwargs)

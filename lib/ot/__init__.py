@@ -11,15 +11,18 @@ from lib.ot.entropic import (
     transport_plan,
     validate_problem,
 )
+from lib.ot.problems import digits_problem, point_cloud_problem
 from lib.ot.sparse_newton import newton_ot, sinkhorn_newton_sparse, sparsify_plan
 
 __all__ = [
     "OTTrace",
+    "digits_problem",
     "lyapunov",
     "lyapunov_gradient",
     "lyapunov_hessian",
     "marginal_error",
     "newton_ot",
+    "point_cloud_problem",
     "sinkhorn",
     "sinkhorn_newton_sparse",
     "sparsify_plan",

@@ -45,12 +45,15 @@ def validate_problem(C: np.ndarray, r: np.ndarray, c: np.ndarray, eta: float) ->
 
 
 def transport_plan(C: np.ndarray, eta: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The plan of dual variables: P_ij = exp(eta (-C_ij + x_i + y_j) - 1) (paper, Eq. 3)."""
+    """The plan of dual variables (Tang et al. 2024, Sec. 3):
+
+    P_ij = exp(eta (-C_ij + x_i + y_j) - 1)
+    """
     return np.exp(eta * (x[:, None] + y[None, :] - C) - 1.0)
 
 
 def lyapunov(C, r, c, eta: float, x: np.ndarray, y: np.ndarray) -> float:
-    """The Lyapunov (dual) potential, concave in (x, y) (paper, Eq. 4):
+    """The Lyapunov (dual) potential, concave in (x, y) (Tang et al. 2024, Sec. 3):
 
     f(x, y) = -(1/eta) sum_ij exp(eta (-C_ij + x_i + y_j) - 1) + r.x + c.y
     """
@@ -58,12 +61,12 @@ def lyapunov(C, r, c, eta: float, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def lyapunov_gradient(P: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """grad f = (r - P 1, c - P^T 1): the marginal violations (paper, Eq. 5)."""
+    """grad f = (r - P 1, c - P^T 1): the marginal violations (Tang et al. 2024, Sec. 3)."""
     return np.concatenate([r - P.sum(axis=1), c - P.sum(axis=0)])
 
 
 def lyapunov_hessian(P: np.ndarray, eta: float) -> np.ndarray:
-    """Dense Hessian of f: -eta [[diag(P 1), P], [P^T, diag(P^T 1)]] (paper, Eq. 5).
+    """Dense Hessian of f: -eta [[diag(P 1), P], [P^T, diag(P^T 1)]] (Tang et al. 2024, Sec. 3).
 
     It is negative semi-definite with the null direction (1, -1); shown for tests and small
     problems, the solvers never form it densely.
@@ -132,7 +135,7 @@ def sinkhorn(
     y0: np.ndarray | None = None,
     method: str = "auto",
 ) -> OTTrace:
-    """Sinkhorn's matrix scaling as exact block-coordinate ascent on f (paper, Eq. 6).
+    """Sinkhorn's matrix scaling as exact block-coordinate ascent on f (Tang et al. 2024, Sec. 3).
 
     One iteration is a row update (x so that P 1 = r) then a column update (y so that
     P^T 1 = c). It stops when the marginal error is at most ``tol`` (``tol=0`` runs

@@ -76,9 +76,10 @@ def newton_ot(
     warm_start: int = 20,
     tol: float = 1e-9,
     max_newton: int = 100,
-    cg_rtol: float = 1e-10,
+    cg_rtol: float = 1e-6,
     cg_maxiter: int | None = None,
     armijo: float = 1e-4,
+    max_log_change: float = 20.0,
 ) -> OTTrace:
     """Sinkhorn warm start followed by (sparse) Newton steps on the Lyapunov potential.
 
@@ -109,16 +110,17 @@ def newton_ot(
     err = marginal_error(P, r, c)
     f = lyapunov(C, r, c, eta, x, y)
     kept_fractions = []
+    counter = {"n": 0}  # conjugate-gradient iterations of the current Newton step
+
+    def count(_xk: np.ndarray) -> None:
+        counter["n"] += 1
+
     for _ in range(max_newton if err > tol else 0):
         g = lyapunov_gradient(P, r, c)
         kept = None if rho is None else sparsify_plan(P, rho)
         kept_fractions.append(1.0 if kept is None else kept.nnz / P.size)
         M = _newton_operator(P, kept)
-        counter = {"n": 0}
-
-        def count(_xk: np.ndarray) -> None:
-            counter["n"] += 1
-
+        counter["n"] = 0
         # Remove g's rounding-level component along the null direction (1, -1): the system is
         # then consistent to machine precision and CG cannot stall on it.
         null = np.concatenate([np.ones(n), -np.ones(C.shape[1])])
@@ -126,15 +128,24 @@ def newton_ot(
         dz, _info = cg(M, g / eta, rtol=cg_rtol, atol=0.0, maxiter=cg_maxiter, callback=count)
         dx, dy = dz[:n], dz[n:]
         slope = float(g @ dz)  # directional derivative of f along dz (> 0 for an ascent step)
-        alpha = 1.0
-        for _ls in range(40):
+        # Start the search where no entry of P changes by more than a factor e^20: near-flat
+        # directions of the sparsified Hessian can otherwise propose steps that overflow.
+        alpha = min(1.0, max_log_change / max(eta * float(np.abs(dz).max()), 1e-300))
+        accepted = False
+        for _halving in range(40):
             x_new, y_new = x + alpha * dx, y + alpha * dy
-            P_new = transport_plan(C, eta, x_new, y_new)
-            f_new = float(-P_new.sum() / eta + r @ x_new + c @ y_new)  # f, Eq. 4, from P_new
-            err_new = marginal_error(P_new, r, c)
-            if f_new >= f + armijo * alpha * slope or (np.isfinite(err_new) and err_new < err):
+            with np.errstate(over="ignore", invalid="ignore"):  # a too-long trial step may overflow
+                P_new = transport_plan(C, eta, x_new, y_new)
+                f_new = float(-P_new.sum() / eta + r @ x_new + c @ y_new)  # f (Sec. 3) from P_new
+                err_new = marginal_error(P_new, r, c)
+            if np.isfinite(f_new) and (
+                f_new >= f + armijo * alpha * slope or err_new < err
+            ):
+                accepted = True
                 break
             alpha *= 0.5
+        if not accepted:  # no ascent along dz: the sparsified Hessian is too poor a model here
+            break
         x, y, P, f, err = x_new, y_new, P_new, f_new, err_new
         trace.errors.append(err)
         trace.seconds.append(time.perf_counter() - start)
