@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # progress bars (lib.book.progress) out of the pages; each notebook runs once, and nbmake
 # writes its outputs in place (--overwrite) for the book build, which never executes.
 EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
-	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts=
+	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts= -p no:cacheprovider
 BUILD := $(BIN)/jupyter-book build _book --path-output . --builder html
 
 .PHONY: help setup test book lab sync lint unit execute chapter clean distclean lock
@@ -52,8 +52,8 @@ book: execute
 
 chapter: setup
 	@test -n "$(CHAPTER)" || { echo "usage: make chapter CHAPTER=<slug>"; exit 1; }
-	$(BIN)/python -m lib.book.build stage
-	$(EXECUTE) _book/book/*/$(CHAPTER).ipynb
+	$(BIN)/python -m lib.book.build stage-one $(CHAPTER)
+	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.contents_manager_class=jupytext.TextFileContentsManager
@@ -70,7 +70,7 @@ lock:
 	rm -rf _build/lockenv
 
 clean:
-	rm -rf _build _book
+	rm -rf _build _book _chapter
 
 distclean: clean
 	rm -rf $(VENV)

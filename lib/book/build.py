@@ -6,6 +6,8 @@ Run as ``python -m lib.book.build <command>``:
 ``check``   fail if a paired ``.ipynb`` or ``_toc.yml`` is out of date (``make test`` runs it)
 ``stage``   lay out ``_book/``: the book's sources with each chapter as a notebook, ready to
             execute once (nbmake writes the outputs in place) and then build with execution off
+``stage-one SLUG``  stage just one chapter in ``_chapter/SLUG.ipynb`` (``make chapter``); it
+            touches nothing else, so several chapters can be tried at once
 ``report``  after execution: ``_build/reproduction.json`` and the generated scoreboard table
 """
 
@@ -26,6 +28,7 @@ from lib.book.papers import BOOK_DIR, PART_ORDER, REPO_ROOT, load_papers, part_f
 BUILD_DIR = REPO_ROOT / "_build"
 # nbmake skips anything under a folder named _build, so the staged tree lives beside it.
 STAGE_DIR = REPO_ROOT / "_book"
+ONE_CHAPTER_DIR = REPO_ROOT / "_chapter"
 CLAIMS_DIR = BUILD_DIR / "claims"
 TIMINGS_JSON = BUILD_DIR / "timings.json"
 REPRODUCTION_JSON = BUILD_DIR / "reproduction.json"
@@ -170,6 +173,18 @@ def stage() -> None:
     print(f"staged {len(chapters)} chapters in {STAGE_DIR.relative_to(REPO_ROOT)}")
 
 
+def stage_one(slug: str) -> None:
+    """Write one chapter's notebook to ``_chapter/<slug>.ipynb`` for a quick trial run."""
+    matches = [md for md in chapter_sources() if md.stem == slug]
+    if not matches:
+        known = [m.stem for m in chapter_sources()]
+        sys.exit(f"no chapter source book/*/{slug}.md (known: {known})")
+    target = ONE_CHAPTER_DIR / f"{slug}.ipynb"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(chapter_notebook(matches[0]))
+    print(f"staged {target.relative_to(REPO_ROOT)}")
+
+
 def _fmt_seconds(seconds: float | None) -> str:
     return "not run" if seconds is None else f"{seconds:.0f} s"
 
@@ -264,6 +279,9 @@ def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
 COMMANDS = {"sync": sync, "check": check, "stage": stage, "report": report}
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: python -m lib.book.build {{{','.join(COMMANDS)}}}")
-    COMMANDS[sys.argv[1]]()
+    if len(sys.argv) == 3 and sys.argv[1] == "stage-one":
+        stage_one(sys.argv[2])
+    elif len(sys.argv) == 2 and sys.argv[1] in COMMANDS:
+        COMMANDS[sys.argv[1]]()
+    else:
+        sys.exit(f"usage: python -m lib.book.build {{{','.join(COMMANDS)}}} | stage-one SLUG")
