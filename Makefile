@@ -55,7 +55,12 @@ chapter: setup
 	$(BIN)/python -m lib.book.build stage-one $(CHAPTER)
 	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
 
+# Jupytext's contents manager lets Lab open the .md chapters as notebooks; the override makes
+# that the default viewer for MyST/markdown files, so a double click opens a notebook.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 lab: setup
+	mkdir -p $(LAB_SETTINGS)
+	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}' > $(LAB_SETTINGS)/overrides.json
 	$(BIN)/jupyter lab --ServerApp.contents_manager_class=jupytext.TextFileContentsManager
 
 sync: setup
