@@ -1,0 +1,1 @@
+"""Neural-network building blocks: binary layers and estimators, small training loops, Hessians."""

@@ -1,0 +1,1 @@
+"""Online convex optimization: SEA loss streams, regret bookkeeping, optimistic OMD."""

@@ -1,0 +1,1 @@
+"""Optimization: first-order methods, finite-sum operators, fixed-point iterations."""
