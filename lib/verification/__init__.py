@@ -1,0 +1,1 @@
+"""Neural-network verification: bound propagation and certified local Lipschitz constants."""
