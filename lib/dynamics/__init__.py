@@ -1,0 +1,1 @@
+"""Training dynamics: models of how features and weights evolve during training."""
