@@ -1,0 +1,1 @@
+"""Surrogate loss functions for classification and their consistency guarantees."""
