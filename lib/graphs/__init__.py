@@ -1,0 +1,1 @@
+"""Graphs: spectral positional encodings and small graph neural networks."""
