@@ -1,0 +1,1 @@
+"""Numerical linear algebra: low-rank matrix completion by (robust) alternating minimization."""
