@@ -93,3 +93,20 @@ def test_toc_lists_every_chapter_and_the_closing_pages():
     for md in build.chapter_sources():
         assert md.stem in toc
     assert "book/scoreboard" in toc and "book/bibliography" in toc
+
+
+def test_bibliography_keys_are_unique_and_every_citation_resolves():
+    import re
+    from collections import Counter
+
+    from lib.book.papers import BOOK_DIR
+
+    bib = (BOOK_DIR / "references.bib").read_text()
+    keys = re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.MULTILINE)
+    duplicates = [k for k, n in Counter(keys).items() if n > 1]
+    assert not duplicates, f"duplicate BibTeX keys in references.bib: {duplicates}"
+    for md in build.chapter_sources():
+        for group in re.findall(r"\{cite:[a-z]+\}`([^`]+)`", md.read_text()):
+            for key in group.split(","):
+                key = key.strip()
+                assert key in keys, f"{md.name} cites {key!r}, which references.bib lacks"
