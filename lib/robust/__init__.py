@@ -1,0 +1,1 @@
+"""Robust optimisation: two-stage robust problems, exact baselines and learned value functions."""
