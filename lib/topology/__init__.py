@@ -1,0 +1,1 @@
+"""Topological data analysis: bifiltrations, multiparameter persistence and its vectorisations."""
