@@ -59,6 +59,17 @@ def chapter_sources() -> list[Path]:
     return sorted(md for f in folders for md in (BOOK_DIR / f).glob("*.md"))
 
 
+def _chapter_docnames() -> set[str]:
+    """Document names (``book/<part>/<slug>``) of the chapters present."""
+    return {md.relative_to(REPO_ROOT).with_suffix("").as_posix() for md in chapter_sources()}
+
+
+def _orphan_notebooks() -> list[Path]:
+    """Paired notebooks whose ``.md`` source is gone."""
+    sources = {md.with_suffix(".ipynb") for md in chapter_sources()}
+    return [nb for nb in BOOK_DIR.glob("*/*.ipynb") if nb not in sources]
+
+
 def chapter_notebook(md: Path) -> str:
     """The output-free notebook of a chapter, as ipynb text (what ``sync`` writes beside it)."""
     nb = jupytext.read(md)
@@ -80,7 +91,7 @@ def chapter_notebook(md: Path) -> str:
 def toc_text() -> str:
     """``_toc.yml``: the parts in reading order, chapters in ``papers.tsv`` order."""
     papers = load_papers()
-    existing = {md.relative_to(REPO_ROOT).with_suffix("").as_posix() for md in chapter_sources()}
+    existing = _chapter_docnames()
     parts = []
     for part in PART_ORDER:
         files = [p.docname for p in papers if p.part == part and p.docname in existing]
@@ -112,29 +123,27 @@ def sync() -> None:
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
             print(f"wrote {path.relative_to(REPO_ROOT)}")
-    sources = {md.with_suffix(".ipynb") for md in chapter_sources()}
-    for nb in BOOK_DIR.glob("*/*.ipynb"):
-        if nb not in sources:
-            nb.unlink()
-            print(f"removed {nb.relative_to(REPO_ROOT)} (its .md is gone)")
+    for nb in _orphan_notebooks():
+        nb.unlink()
+        print(f"removed {nb.relative_to(REPO_ROOT)} (its .md is gone)")
 
 
 def check() -> None:
-    stale = [p for p, text in _expected_files().items() if not p.exists() or p.read_text() != text]
-    sources = {md.with_suffix(".ipynb") for md in chapter_sources()}
-    orphans = [nb for nb in BOOK_DIR.glob("*/*.ipynb") if nb not in sources]
+    expected = _expected_files()
+    stale = [p for p, text in expected.items() if not p.exists() or p.read_text() != text]
+    orphans = _orphan_notebooks()
     if stale or orphans:
         for p in stale:
             print(f"out of date: {p.relative_to(REPO_ROOT)}", file=sys.stderr)
         for p in orphans:
             print(f"no .md source: {p.relative_to(REPO_ROOT)}", file=sys.stderr)
         sys.exit("paired notebooks or _toc.yml are out of sync with the sources: run `make sync`")
-    print(f"{len(sources)} paired notebooks and _toc.yml are in sync")
+    print(f"{len(expected) - 1} paired notebooks and _toc.yml are in sync")
 
 
 def _papers_by_part_md() -> str:
     papers = load_papers()
-    existing = {md.relative_to(REPO_ROOT).with_suffix("").as_posix() for md in chapter_sources()}
+    existing = _chapter_docnames()
     lines = []
     for part in PART_ORDER:
         lines.append(f"\n**{part}**\n")
@@ -192,7 +201,7 @@ def _fmt_seconds(seconds: float | None) -> str:
 def report() -> None:
     """Assemble ``_build/reproduction.json`` and the scoreboard from the executed chapters."""
     papers = load_papers()
-    existing = {md.relative_to(REPO_ROOT).with_suffix("").as_posix() for md in chapter_sources()}
+    existing = _chapter_docnames()
     timings = json.loads(TIMINGS_JSON.read_text()) if TIMINGS_JSON.exists() else {}
     chapters, seeds = [], set()
     for p in papers:

@@ -110,13 +110,17 @@ class FiniteSumOperator:
             raise ValueError(f"expected a point of shape ({self.dim},), got {np.shape(u)}")
 
     def _check_indices(self, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError("component indices must be a non-empty 1-d integer array")
-        if idx.min() < 0 or idx.max() >= self.n:
-            raise ValueError(f"component indices must lie in [0, {self.n}), got "
-                             f"[{idx.min()}, {idx.max()}]")
-        return idx
+        return check_indices(idx, self.n, "component")
+
+
+def check_indices(idx: np.ndarray, n: int, noun: str = "component") -> np.ndarray:
+    """``idx`` as an array, after checking it is a non-empty 1-d integer array in [0, n)."""
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{noun} indices must be a non-empty 1-d integer array")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{noun} indices must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
+    return idx
 
 
 def linear_operator(M: np.ndarray, q: np.ndarray) -> FiniteSumOperator:

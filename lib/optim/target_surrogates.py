@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lib.optim.operators import check_indices
+
 #: ``targets(theta, idx) -> z`` of shape (len(idx),): the cheap target map on examples idx.
 TargetMap = Callable[[np.ndarray, np.ndarray], np.ndarray]
 #: ``vjp(theta, idx, v) -> J_idx(theta)^T v`` of shape (dim,): the cheap vector-Jacobian product.
@@ -224,13 +226,7 @@ class TargetProblem:
     def _index(self, idx: np.ndarray | None) -> np.ndarray:
         if idx is None:
             return np.arange(self.n)
-        idx = np.asarray(idx)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError("example indices must be a non-empty 1-d integer array")
-        if idx.min() < 0 or idx.max() >= self.n:
-            raise ValueError(f"example indices must lie in [0, {self.n}), got "
-                             f"[{idx.min()}, {idx.max()}]")
-        return idx
+        return check_indices(idx, self.n, "example")
 
 
 def linear_target_problem(X: np.ndarray, y: np.ndarray, loss: TargetLoss | str) -> TargetProblem:
