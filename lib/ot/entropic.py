@@ -174,7 +174,8 @@ def sinkhorn(
             trace.kinds.append("sinkhorn")
             if err <= tol:
                 break
-        if np.any(u == 0) or np.any(v == 0) or not np.all(np.isfinite(u * v[:1])):
+        scalings = np.concatenate([u, v])
+        if np.any(scalings == 0) or not np.all(np.isfinite(scalings)):
             raise FloatingPointError("scaling Sinkhorn under/overflowed: use method='log'")
         x, y = (np.log(u) + 0.5) / eta, (np.log(v) + 0.5) / eta
     else:
