@@ -11,7 +11,7 @@ EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
 	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts= -p no:cacheprovider
 BUILD := $(BIN)/jupyter-book build _book --path-output . --builder html
 
-.PHONY: help setup test book lab sync lint unit execute chapter clean distclean lock
+.PHONY: help setup test book lab sync lint unit execute chapter clean distclean lock testbed
 help:
 	@echo "make test     set up, lint, unit tests, execute every chapter once, build with -W"
 	@echo "make book     set up, execute every chapter once, build _build/html"
@@ -19,6 +19,7 @@ help:
 	@echo "make chapter CHAPTER=slug   execute one chapter as a test"
 	@echo "make sync     regenerate paired .ipynb files and _toc.yml after editing chapters"
 	@echo "make lock     re-pin requirements.lock from pyproject.toml"
+	@echo "make testbed  train the miniature Stable Diffusion testbed (not part of make test)"
 	@echo "make clean    remove _build (make distclean also removes .venv)"
 
 setup: $(STAMP)
@@ -54,6 +55,11 @@ chapter: setup
 	@test -n "$(CHAPTER)" || { echo "usage: make chapter CHAPTER=<slug>"; exit 1; }
 	$(BIN)/python -m lib.book.build stage-one $(CHAPTER)
 	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
+
+# Trains only the stages missing from lib/diffusion/testbed/weights/manifest.json; pass
+# TESTBED_ARGS="--force" to retrain everything (about an hour on 2 idle cores).
+testbed: setup
+	$(BIN)/python -m lib.diffusion.testbed.train $(TESTBED_ARGS)
 
 # Jupytext's contents manager lets Lab open the .md chapters as notebooks; the override makes
 # that the default viewer for MyST/markdown files, so a double click opens a notebook.

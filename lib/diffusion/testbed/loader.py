@@ -1,0 +1,202 @@
+"""One loader for the testbed's shipped weights and for a real Stable Diffusion folder.
+
+``load("mini")`` checks every shipped file against ``weights/manifest.json`` (SHA-256) and
+returns a :class:`TextToImage`: tokenizer, text encoder, autoencoder, denoiser and scheduler,
+plus the few facts a sampling loop needs (latent shape, prediction type). ``load("sd",
+path=...)`` returns the same fields from a Stable Diffusion 1.x/2.x folder on disk (the
+layout ``StableDiffusionPipeline.save_pretrained`` writes), read with ``local_files_only``, so
+chapter code written against the miniature runs unchanged at paper scale on a GPU.
+
+Only JSON and safetensors are read: loading cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel
+
+from lib.diffusion import sampling
+from lib.diffusion.testbed import models
+from lib.diffusion.testbed.data import MiniTokenizer
+from lib.diffusion.testbed.evaluators import sha256_file
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+MANIFEST = "manifest.json"
+FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae",
+           "unet": "unet", "dit": "transformer", "scheduler": "scheduler",
+           "flow_scheduler": "flow_scheduler"}  # fmt: skip
+"""Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
+``transformer``)."""
+
+
+def _record(folder: Path, part: str, manifest: dict) -> None:
+    base = folder / FOLDERS[part]
+    for f in sorted(base.iterdir()):
+        if f.is_file():
+            manifest["sha256"][f"{FOLDERS[part]}/{f.name}"] = sha256_file(f)
+
+
+def write_static_parts(folder: Path, manifest: dict) -> None:
+    """Save the tokenizer and both schedulers' configs (nothing to train) and hash them."""
+    MiniTokenizer().save_pretrained(folder / FOLDERS["tokenizer"])
+    models.unet_scheduler("ddim").save_config(folder / FOLDERS["scheduler"])
+    models.dit_scheduler().save_config(folder / FOLDERS["flow_scheduler"])
+    for part in ("tokenizer", "scheduler", "flow_scheduler"):
+        _record(folder, part, manifest)
+
+
+def save_component(folder: Path, part: str, model: torch.nn.Module, manifest: dict) -> None:
+    """``save_pretrained`` (safetensors) into the part's sub-folder and record the hashes."""
+    model.save_pretrained(folder / FOLDERS[part], safe_serialization=True)
+    _record(folder, part, manifest)
+
+
+def verify(folder: Path, manifest: dict, parts: Sequence[str]) -> None:
+    """Raise ValueError unless every file of ``parts`` matches its recorded SHA-256."""
+    for part in parts:
+        prefix = FOLDERS[part] + "/"
+        files = {k: v for k, v in manifest["sha256"].items() if k.startswith(prefix)}
+        if not files:
+            raise ValueError(f"{folder / MANIFEST} records no files for {part!r}; train it with "
+                             "`make testbed`")  # fmt: skip
+        for name, expected in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise ValueError(f"{path} is missing")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ValueError(f"SHA-256 of {path} is {actual}, the manifest says {expected}")
+
+
+def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any:
+    """One verified part of the testbed, in eval mode with gradients off."""
+    if manifest is None:
+        manifest = read_manifest(folder)
+    verify(folder, manifest, [part])
+    path = folder / FOLDERS[part]
+    if part == "tokenizer":
+        return MiniTokenizer.from_pretrained(path)
+    if part == "scheduler":
+        return DDIMScheduler.from_pretrained(path)
+    if part == "flow_scheduler":
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
+    cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
+           "dit": models.MiniDiT}[part]  # fmt: skip
+    kwargs = {"use_safetensors": True}
+    model = cls.from_pretrained(path, **kwargs)
+    return model.eval().requires_grad_(False)
+
+
+def read_manifest(folder: Path = WEIGHTS) -> dict:
+    """The manifest (hashes and training record) of a weights folder."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path} not found: the testbed is not trained (run `make testbed`)")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class TextToImage:
+    """The parts of a latent text-to-image model and one sampling entry point.
+
+    ``denoiser`` is a ``UNet2DConditionModel`` (``prediction == "epsilon"``) or a
+    :class:`~lib.diffusion.testbed.models.MiniDiT` (``prediction == "flow"``).
+    """
+
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    vae: AutoencoderKL
+    denoiser: torch.nn.Module
+    scheduler: Any
+    prediction: str
+    latent_shape: tuple[int, int, int]
+    kind: str
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Per-token text states the denoiser cross-attends to."""
+        return sampling.encode_prompts(self.tokenizer, self.text_encoder, prompts)
+
+    def sample_latents(self, prompts: str | Sequence[str], *, steps: int = 20,
+                       guidance: float = 3.0, seed: int = 0,
+                       text_states: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Guided samples (one per prompt) as scaled latents; seeded noise.
+
+        ``text_states`` overrides the encoded prompts (e.g. edited embeddings); its rows must
+        match ``prompts``.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        states = self.encode_prompts(prompts) if text_states is None else text_states
+        if states.shape[0] != len(prompts):
+            raise ValueError(f"text_states has {states.shape[0]} rows for {len(prompts)} prompts")
+        empty = self.encode_prompts([sampling.EMPTY_PROMPT])
+        gen = torch.Generator().manual_seed(seed)
+        if self.prediction == "epsilon":
+            return sampling.sample_unet(self.denoiser, self.scheduler, states, empty, steps=steps,
+                                        guidance=guidance, generator=gen)  # fmt: skip
+        return sampling.sample_flow(self.denoiser, self.scheduler, states, empty, steps=steps,
+                                    guidance=guidance, generator=gen,
+                                    shape=self.latent_shape)  # fmt: skip
+
+    def sample(self, prompts: str | Sequence[str], **kwargs: Any) -> torch.Tensor:
+        """Guided samples decoded to images ``(n, 3, H, W)`` in [0, 1]."""
+        return sampling.decode(self.vae, self.sample_latents(prompts, **kwargs))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return sampling.decode(self.vae, latents)
+
+
+def load(
+    kind: str = "mini",
+    denoiser: str = "unet",
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TextToImage:
+    """The testbed (``kind="mini"``) or a real Stable Diffusion folder (``kind="sd"``).
+
+    ``denoiser`` is ``"unet"`` (epsilon prediction, DDIM sampler) or ``"dit"`` (the testbed's
+    rectified-flow MiniDiT; mini only). For ``"sd"``, ``path`` is a local diffusers folder of a
+    Stable Diffusion 1.x/2.x model; nothing is downloaded.
+    """
+    if denoiser not in ("unet", "dit"):
+        raise ValueError(f"denoiser must be 'unet' or 'dit', got {denoiser!r}")
+    if kind == "mini":
+        folder = WEIGHTS if path is None else Path(path)
+        manifest = read_manifest(folder)
+        parts = {p: load_component(folder, p, manifest)
+                 for p in ("tokenizer", "text_encoder", "vae", denoiser)}  # fmt: skip
+        sched = load_component(folder, "scheduler" if denoiser == "unet" else "flow_scheduler",
+                               manifest)  # fmt: skip
+        net = parts[denoiser]
+        for m in (parts["text_encoder"], parts["vae"], net):
+            m.to(device=device, dtype=dtype)
+        return TextToImage(parts["tokenizer"], parts["text_encoder"], parts["vae"], net, sched,
+                           "epsilon" if denoiser == "unet" else "flow",
+                           (models.LATENT_CHANNELS, models.LATENT_SIZE, models.LATENT_SIZE),
+                           "mini")  # fmt: skip
+    if kind == "sd":
+        if denoiser != "unet":
+            raise ValueError("kind='sd' loads Stable Diffusion 1.x/2.x UNets; use denoiser='unet'")
+        if path is None or not Path(path).is_dir():
+            raise ValueError(f"kind='sd' needs path= a local Stable Diffusion folder, got {path}")
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True,
+                                                       torch_dtype=dtype).to(device)  # fmt: skip
+        sched = DDIMScheduler.from_config(pipe.scheduler.config)
+        size = pipe.unet.config.sample_size
+        return TextToImage(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, sched,
+                           "epsilon", (pipe.unet.config.in_channels, size, size), "sd")  # fmt: skip
+    raise ValueError(f"kind must be 'mini' or 'sd', got {kind!r}")

@@ -1,0 +1,480 @@
+"""Train the MiniSD testbed from nothing and write its shipped weights.
+
+    python -m lib.diffusion.testbed.train [--only text_encoder vae unet dit] [--threads 2]
+                                          [--out DIR] [--force]        (or: make testbed)
+
+Order: the text encoder (CLIP-style contrastive pretraining against a small image tower, then
+frozen, as in Stable Diffusion), the autoencoder, then the two denoisers on the frozen text
+encoder and autoencoder latents: the UNet (epsilon prediction, SD 1.x schedule) and the DiT
+(rectified flow). Each stage stops on a quality criterion, checked every ``eval_every`` steps,
+or at its step cap (then the run fails loudly instead of shipping weights that miss the mark):
+
+* text encoder: caption-to-image retrieval among 256 validation images, where a hit is an image
+  whose labels match everything the caption states, >= 0.9;
+* autoencoder: reconstruction PSNR >= 28 dB and caption-classifier accuracy on reconstructions
+  (colour, shape, position) >= 0.95;
+* each denoiser: caption accuracy (colour and shape) of 20-step guided samples (scale 3) for 128
+  validation prompts >= 0.9, judged by the caption classifier on decoded images.
+
+Resumable: a finished stage (its folder and a manifest entry) is skipped unless ``--force``;
+an unfinished stage resumes from its last checkpoint (``weights/.resume/``, torch state dicts
+read with ``weights_only=True``). Seeded. Logs its own seconds per step; 2-thread OpenMP slows
+down badly when another process competes for the cores, so use ``--threads 1`` on a shared
+machine. Writes ``weights/<part>/`` with ``save_pretrained`` and ``weights/manifest.json``
+(SHA-256 of every file, the training record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.diffusion.sampling import decode, sample_flow, sample_unet
+from lib.diffusion.testbed import models
+from lib.diffusion.testbed.data import COLOURS, SHAPES, MiniTokenizer, generate, parse_caption
+from lib.diffusion.testbed.evaluators import caption_accuracy, load_caption_classifier
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+STAGES = ("text_encoder", "vae", "unet", "dit")
+EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
+
+
+class StageFailed(RuntimeError):
+    """A stage hit its step cap before its quality criterion."""
+
+
+def _log(stage: str, step: int, seconds_per_step: float, **values: float) -> None:
+    text = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+    print(f"[{stage}] step {step:5d} {seconds_per_step:.3f} s/step {text}", flush=True)
+
+
+class ImageTower(nn.Module):
+    """Small CNN image encoder for the contrastive pretraining of the text encoder (not shipped)."""
+
+    def __init__(self, width: int = 64, out: int = models.TEXT_WIDTH) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 32, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(32, width, 3, 2, 1), nn.GELU(), nn.Conv2d(width, width, 3, 2, 1), nn.GELU(),
+            nn.Flatten(), nn.Linear(width * 16, out),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _matches(caption: str, labels: Any, i: int) -> bool:
+    stated = parse_caption(caption)
+    return all(int(getattr(labels, k)[i]) == v for k, v in stated.items())
+
+
+class Checkpoint:
+    """Resume state of one stage: module and optimizer state dicts plus the step and history."""
+
+    def __init__(self, folder: Path, stage: str) -> None:
+        self.path = folder / ".resume" / f"{stage}.pt"
+
+    def load(self, modules: dict[str, Any]) -> tuple[int, list]:
+        if not self.path.is_file():
+            return 0, []
+        state = torch.load(self.path, weights_only=True)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        print(f"resuming {self.path.stem} at step {state['step']}", flush=True)
+        return int(state["step"]), json.loads(state["history"])
+
+    def save(self, modules: dict[str, Any], step: int, history: list) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: m.state_dict() for name, m in modules.items()}
+        state["step"], state["history"] = step, json.dumps(history)
+        torch.save(state, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _loop(
+    stage: str,
+    out: Path,
+    modules: dict[str, Any],
+    step_fn: Callable[[int], float],
+    eval_fn: Callable[[], dict[str, float]],
+    done: Callable[[dict[str, float]], bool],
+    eval_every: int,
+    max_steps: int,
+) -> dict[str, Any]:
+    """Shared training loop: steps, periodic evaluation, checkpoint, stop on ``done``."""
+    ckpt = Checkpoint(out, stage)
+    start_step, history = ckpt.load(modules)
+    losses: list[float] = []
+    tic, t0 = time.perf_counter(), time.perf_counter()
+    for step in range(start_step + 1, max_steps + 1):
+        losses.append(step_fn(step))
+        if step % eval_every == 0:
+            per_step = (time.perf_counter() - tic) / len(losses)
+            metrics = eval_fn()
+            entry = {"step": step, "loss": float(np.mean(losses)), "seconds_per_step": per_step,
+                     **metrics}  # fmt: skip
+            history.append(entry)
+            _log(stage, step, per_step, loss=entry["loss"], **metrics)
+            ckpt.save(modules, step, history)
+            losses, tic = [], time.perf_counter()
+            if done(metrics):
+                return {"steps": step, "history": history,
+                        "seconds_this_run": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    raise StageFailed(f"{stage}: no quality criterion met after {max_steps} steps; "
+                      f"last metrics {history[-1] if history else None}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- stages
+
+
+def train_text_encoder(
+    out: Path, seed: int, max_steps: int = 4000, eval_every: int = 250, batch_size: int = 128,
+    target: float = 0.9,
+) -> tuple[nn.Module, dict]:
+    """CLIP's symmetric contrastive loss between the text encoder's pooled ``<eos>`` state
+    (through a linear projection) and a small CNN image tower (Radford et al., 2021)."""
+    torch.manual_seed(seed)
+    tok = MiniTokenizer()
+    text = models.text_encoder()
+    proj = nn.Linear(models.TEXT_WIDTH, models.TEXT_WIDTH, bias=False)
+    tower = ImageTower()
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = [*text.parameters(), *proj.parameters(), *tower.parameters(), logit_scale]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    holder = nn.ParameterDict({"logit_scale": logit_scale})
+    modules = {"text": text, "proj": proj, "tower": tower, "scale": holder, "opt": opt}
+    val = generate(256, seed=(seed, 20), split="train")
+    val_ids = tok.ids(val.captions)
+
+    def embed_text(ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(proj(text(ids).pooler_output), dim=-1)
+
+    def step_fn(step: int) -> float:
+        batch = generate(batch_size, seed=(seed, 21, step), split="train")
+        t = embed_text(tok.ids(batch.captions))
+        v = F.normalize(tower(batch.images_tensor()), dim=-1)
+        logits = logit_scale.clamp(max=math.log(100)).exp() * t @ v.T
+        # Captions that state the same attributes are not negatives of each other's images.
+        same = torch.tensor([[batch.captions[i] == batch.captions[j] for j in range(batch_size)]
+                             for i in range(batch_size)])  # fmt: skip
+        logits = logits.masked_fill(same & ~torch.eye(batch_size, dtype=torch.bool), -1e4)
+        target_ = torch.arange(batch_size)
+        loss = (F.cross_entropy(logits, target_) + F.cross_entropy(logits.T, target_)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn() -> dict[str, float]:
+        t = embed_text(val_ids)
+        v = F.normalize(tower(val.images_tensor()), dim=-1)
+        best = (t @ v.T).argmax(1).tolist()
+        hits = [_matches(val.captions[i], val.labels, j) for i, j in enumerate(best)]
+        return {"retrieval": float(np.mean(hits))}
+
+    record = _loop("text_encoder", out, modules, step_fn, eval_fn,
+                   lambda m: m["retrieval"] >= target, eval_every, max_steps)  # fmt: skip
+    text.eval().requires_grad_(False)
+    return text, record
+
+
+def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250,
+              batch_size: int = 32, psnr_target: float = 28.0, accuracy_target: float = 0.95,
+              n_val: int = 512) -> tuple[nn.Module, dict]:  # fmt: skip
+    """``AutoencoderKL`` with mean-squared reconstruction error plus a small KL term (weight
+    1e-6, as in latent diffusion's KL-regularised autoencoders), then SD's latent scaling
+    factor ``1 / std(latents)`` measured on 2,048 images."""
+    torch.manual_seed(seed)
+    vae = models.autoencoder()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    modules = {"vae": vae, "opt": opt}
+    classifier = load_caption_classifier()
+    val = generate(n_val, seed=(seed, 30), split="all")
+    val_x = val.images_tensor()
+    full = [f"a {COLOURS[c]} {SHAPES[s]} {p}" for c, s, p in zip(
+        val.labels.colour, val.labels.shape,
+        [("on the left", "in the center", "on the right")[i] for i in val.labels.position])]
+
+    def step_fn(step: int) -> float:
+        x = generate(batch_size, seed=(seed, 31, step), split="all").images_tensor() * 2 - 1
+        dist = vae.encode(x).latent_dist
+        recon = vae.decode(dist.sample()).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * dist.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_fn() -> dict[str, float]:
+        vae.eval()
+        recon = ((vae(val_x * 2 - 1).sample + 1) / 2).clamp(0, 1)
+        vae.train()
+        mse = float(F.mse_loss(recon, val_x))
+        acc = caption_accuracy(classifier, recon, full).accuracy
+        return {"psnr": -10 * math.log10(mse), "recon_caption_accuracy": acc}
+
+    record = _loop("vae", out, modules, step_fn, eval_fn,
+                   lambda m: m["psnr"] >= psnr_target and m["recon_caption_accuracy"]
+                   >= accuracy_target, eval_every, max_steps)  # fmt: skip
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        x = generate(2048, seed=(seed, 32), split="train").images_tensor()
+        z = torch.cat([vae.encode(x[i:i + 512] * 2 - 1).latent_dist.sample()
+                       for i in range(0, 2048, 512)])  # fmt: skip
+    vae.register_to_config(scaling_factor=float(1 / z.std()))
+    record["scaling_factor"] = vae.config.scaling_factor
+    return vae, record
+
+
+class LatentPool:
+    """A fixed pool of training images as autoencoder posteriors (mean, std) and captions;
+    each denoiser batch draws a fresh latent sample from the posteriors, as SD's training does."""
+
+    def __init__(self, vae: nn.Module, n: int, seed: int) -> None:
+        data = generate(n, seed=(seed, 40), split="train")
+        means, stds = [], []
+        with torch.no_grad():
+            for i in range(0, n, 512):
+                dist = vae.encode(data.images_tensor()[i:i + 512] * 2 - 1).latent_dist
+                means.append(dist.mean)
+                stds.append(dist.std)
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
+        self.captions = data.captions
+        self.scale = vae.config.scaling_factor
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
+        idx = self.rng.integers(0, len(self.captions), size)
+        z = self.mean[idx] + self.std[idx] * torch.randn_like(self.mean[idx])
+        caps = [("" if self.rng.random() < EMPTY_DROP else self.captions[i]) for i in idx]
+        return z * self.scale, caps
+
+
+class EMA:
+    """Exponential moving average of a model's weights (warm-up as in common diffusion code)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": self.shadow, "updates": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shadow = state["shadow"]
+        self.updates = int(state["updates"])
+
+
+def _eval_prompts(seed: int, n: int = 128) -> list[str]:
+    """Validation prompts: held-in captions restricted to colour and shape (what is judged)."""
+    rng = np.random.default_rng((seed, 50))
+    out = []
+    while len(out) < n:
+        c, s = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
+        out.append(f"a {c} {s}")
+    return out
+
+
+def _train_denoiser(stage: str, out: Path, seed: int, model: nn.Module, loss_fn: Callable,
+                    sample_fn: Callable, text: nn.Module, vae: nn.Module, *, lr: float,
+                    max_steps: int, eval_every: int, batch_size: int, target: float,
+                    pool_size: int, n_prompts: int) -> tuple[nn.Module, dict]:  # fmt: skip
+    tok = MiniTokenizer()
+    classifier = load_caption_classifier()
+    pool = LatentPool(vae, pool_size, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMA(model)
+    modules = {"model": model, "opt": opt, "ema": ema}
+    prompts = _eval_prompts(seed, n_prompts)
+    with torch.no_grad():
+        prompt_states = text(tok.ids(prompts))[0]
+        empty_states = text(tok.ids([""]))[0]
+    shadow = type(model).from_config(model.config)
+
+    def step_fn(step: int) -> float:
+        for group in opt.param_groups:  # linear warm-up over 200 steps
+            group["lr"] = lr * min(1.0, step / 200)
+        z, caps = pool.batch(batch_size)
+        with torch.no_grad():
+            states = text(tok.ids(caps))[0]
+        loss = loss_fn(model, z, states)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        return loss.item()
+
+    def eval_fn() -> dict[str, float]:
+        shadow.load_state_dict(ema.shadow)
+        shadow.eval()
+        gen = torch.Generator().manual_seed(seed)
+        latents = sample_fn(shadow, prompt_states, empty_states, gen)
+        images = decode(vae, latents)
+        acc = caption_accuracy(classifier, images, prompts)
+        return {"caption_accuracy": acc.accuracy, **{f"acc_{k}": v for k, v in
+                                                     acc.per_attribute.items()}}  # fmt: skip
+
+    record = _loop(stage, out, modules, step_fn, eval_fn,
+                   lambda m: m["caption_accuracy"] >= target, eval_every, max_steps)  # fmt: skip
+    shadow.load_state_dict(ema.shadow)
+    return shadow.eval().requires_grad_(False), record
+
+
+def unet_loss(scheduler: Any) -> Callable:
+    """Epsilon-prediction loss ``|| eps - eps_theta(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t,
+    c) ||^2`` with ``t`` uniform on the 1000 training steps (DDPM's simple loss)."""
+
+    def loss(model: nn.Module, z: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(z)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (z.shape[0],))
+        noisy = scheduler.add_noise(z, noise, t)
+        return F.mse_loss(model(noisy, t, encoder_hidden_states=states).sample, noise)
+
+    return loss
+
+
+def flow_loss(model: nn.Module, z: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow loss ``|| (eps - z) - v_theta((1 - s) z + s eps, s, c) ||^2`` with ``s``
+    logit-normal (SD3's timestep density, which spends the steps at intermediate noise)."""
+    noise = torch.randn_like(z)
+    s = torch.sigmoid(torch.randn(z.shape[0]))[:, None, None, None]
+    noisy = (1 - s) * z + s * noise
+    return F.mse_loss(model(noisy, s.flatten(), states), noise - z)
+
+
+def train_unet(out: Path, seed: int, text: nn.Module, vae: nn.Module, *,
+                max_steps: int = 12000, target: float = 0.9, eval_every: int = 500,
+                batch_size: int = 64, pool_size: int = 16384,
+                n_prompts: int = 128) -> tuple[nn.Module, dict]:  # fmt: skip
+    """The UNet denoiser (DDPM simple loss on SD 1.x's schedule, 10 % empty captions)."""
+    torch.manual_seed(seed)
+    model = models.unet()
+    train_sched = models.unet_scheduler("ddpm")
+
+    def sample_fn(m: nn.Module, states: torch.Tensor, empty: torch.Tensor,
+                  gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+        return sample_unet(m, models.unet_scheduler("ddim"), states, empty, steps=20,
+                           guidance=3.0, generator=gen)  # fmt: skip
+
+    return _train_denoiser("unet", out, seed, model, unet_loss(train_sched), sample_fn, text,
+                           vae, lr=1e-3, max_steps=max_steps, eval_every=eval_every,
+                           batch_size=batch_size, target=target, pool_size=pool_size,
+                           n_prompts=n_prompts)  # fmt: skip
+
+
+def train_dit(out: Path, seed: int, text: nn.Module, vae: nn.Module, *,
+               max_steps: int = 12000, target: float = 0.9, eval_every: int = 500,
+               batch_size: int = 64, pool_size: int = 16384,
+               n_prompts: int = 128) -> tuple[nn.Module, dict]:  # fmt: skip
+    """The MiniDiT denoiser (rectified flow, logit-normal noise levels, 10 % empty captions)."""
+    torch.manual_seed(seed)
+    model = models.MiniDiT()
+
+    def sample_fn(m: nn.Module, states: torch.Tensor, empty: torch.Tensor,
+                  gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+        return sample_flow(m, models.dit_scheduler(), states, empty, steps=20, guidance=3.0,
+                           generator=gen)  # fmt: skip
+
+    return _train_denoiser("dit", out, seed, model, flow_loss, sample_fn, text, vae, lr=5e-4,
+                           max_steps=max_steps, eval_every=eval_every, batch_size=batch_size,
+                           target=target, pool_size=pool_size, n_prompts=n_prompts)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lib.diffusion.testbed.loader import (
+        MANIFEST,
+        load_component,
+        save_component,
+        write_static_parts,
+    )
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--force", action="store_true", help="retrain finished stages too")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = args.out / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+        "sha256": {}, "training": {}}  # fmt: skip
+    write_static_parts(args.out, manifest)
+    trained: dict[str, nn.Module] = {}
+
+    def get(stage: str) -> nn.Module:
+        if stage not in trained:
+            trained[stage] = load_component(args.out, stage, manifest)
+        return trained[stage]
+
+    for stage in STAGES:
+        if stage not in args.only:
+            continue
+        if stage in manifest["training"] and not args.force:
+            print(f"[{stage}] already trained (use --force to retrain)", flush=True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            if stage == "text_encoder":
+                model, record = train_text_encoder(args.out, args.seed)
+            elif stage == "vae":
+                model, record = train_vae(args.out, args.seed)
+            elif stage == "unet":
+                model, record = train_unet(args.out, args.seed, get("text_encoder"), get("vae"))
+            else:
+                model, record = train_dit(args.out, args.seed, get("text_encoder"), get("vae"))
+        except StageFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        record.update(seed=args.seed, threads=args.threads,
+                      seconds=round(time.perf_counter() - t0, 1),
+                      parameters=models.parameter_count(model),
+                      median_seconds_per_step=round(float(np.median(
+                          [h["seconds_per_step"] for h in record["history"]])), 4),
+                      final=record["history"][-1],
+                      versions={"python": platform.python_version(),
+                                "torch": torch.__version__})  # fmt: skip
+        record.pop("history")
+        trained[stage] = model
+        save_component(args.out, stage, model, manifest)
+        manifest["training"][stage] = record
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        Checkpoint(args.out, stage).remove()
+        print(f"[{stage}] done in {record['seconds']} s: {record['final']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
