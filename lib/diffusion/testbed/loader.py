@@ -181,7 +181,9 @@ def load(
                                manifest)  # fmt: skip
         net = parts[denoiser]
         for m in (parts["text_encoder"], parts["vae"], net):
-            m.to(device=device, dtype=dtype)
+            m.to(device)
+            if dtype != torch.float32:  # the shipped weights are float32
+                m.to(dtype)
         return TextToImage(parts["tokenizer"], parts["text_encoder"], parts["vae"], net, sched,
                            "epsilon" if denoiser == "unet" else "flow",
                            (models.LATENT_CHANNELS, models.LATENT_SIZE, models.LATENT_SIZE),
