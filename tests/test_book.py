@@ -62,6 +62,28 @@ def test_claim_checks_are_recorded_and_a_failure_raises(tmp_path, monkeypatch):
         Chapter("no-such-paper")
 
 
+def test_a_claim_that_does_not_reproduce_is_recorded_without_raising(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path))
+    chapter = Chapter("sinkhorn-newton-sparse")
+    chapter.check("holds", paper="Table 1", measured=0.04, at_most=0.1)
+    assert chapter.not_reproduced("faster", paper="Fig. 2", measured=1.1, below=1.0) is False
+    assert chapter.not_reproduced("fluke", paper="Fig. 3", measured=0.9, below=1.0) is True
+    record = json.loads((tmp_path / "sinkhorn-newton-sparse.json").read_text())
+    assert [c["kind"] for c in record["claims"]] == ["check", "not reproduced", "not reproduced"]
+    assert [c["passed"] for c in record["claims"]] == [True, False, True]
+    from lib.book.build import _scoreboard_md
+    from lib.book.papers import load_papers
+
+    payload = {"generated_at": "now", "seed": 0}
+    chapters = [{"slug": "sinkhorn-newton-sparse", "title": "SNS", "wall_seconds": 1.0,
+                 "claims": record["claims"]}]  # fmt: skip
+    board = _scoreboard_md(load_papers(), chapters, payload)
+    assert "1 of 1 claim checks hold" in board and "2 claim(s)" in board
+    assert "| 1 / 1, ⚠️ 2 |" in board and "| ⚠️ | faster |" in board
+    with pytest.raises(ValueError, match="claim in words"):
+        chapter.not_reproduced(" ", paper="x", measured=1, at_most=0)
+
+
 def test_static_explorable_renders_every_frame_and_starts_where_asked():
     def render(a, b):
         fig, ax = plt.subplots(figsize=(2, 2))

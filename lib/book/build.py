@@ -23,6 +23,7 @@ import jupytext
 import nbformat
 import yaml
 
+from lib.book.chapter import claim_mark
 from lib.book.papers import BOOK_DIR, PART_ORDER, REPO_ROOT, load_papers, part_folder
 
 BUILD_DIR = REPO_ROOT / "_build"
@@ -240,14 +241,20 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _is_check(claim: dict) -> bool:
+    return claim.get("kind", "check") == "check"
+
+
 def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
     by_slug = {c["slug"]: c for c in chapters}
-    n_claims = sum(len(c["claims"]) for c in chapters)
-    n_passed = sum(cl["passed"] for c in chapters for cl in c["claims"])
+    checks = [cl for c in chapters for cl in c["claims"] if _is_check(cl)]
+    n_missing = sum(not _is_check(cl) for c in chapters for cl in c["claims"])
     lines = [
         f"Built {payload['generated_at']} with seed {payload['seed']}: "
         f"{len(chapters)} of {len(papers)} papers have a chapter; "
-        f"{n_passed} of {n_claims} claim checks hold.",
+        f"{sum(cl['passed'] for cl in checks)} of {len(checks)} claim checks hold, and "
+        f"{n_missing} claim(s) of the papers are recorded as not reproduced (⚠️), each with "
+        "the evidence in its chapter.",
         "",
     ]
     for part in PART_ORDER:
@@ -259,11 +266,14 @@ def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
             if c is None:
                 lines.append(f"| {p.number} | {_cell(p.title)} ({arxiv}) | planned | | |")
                 continue
-            held = sum(cl["passed"] for cl in c["claims"])
+            own = [cl for cl in c["claims"] if _is_check(cl)]
+            held = sum(cl["passed"] for cl in own)
+            missing = len(c["claims"]) - len(own)
             link = f"{{doc}}`read </{p.docname}>`"
             lines.append(
                 f"| {p.number} | {_cell(p.title)} ({arxiv}) | {link} | "
-                f"{held} / {len(c['claims'])} | {_fmt_seconds(c['wall_seconds'])} |"
+                f"{held} / {len(own)}{f', ⚠️ {missing}' if missing else ''} | "
+                f"{_fmt_seconds(c['wall_seconds'])} |"
             )
         lines.append("")
     lines += ["## Every claim, ours beside the paper's", ""]
@@ -271,7 +281,7 @@ def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
         lines += [f"### {_cell(c['title'])}", "", "| | claim | paper | ours | needed |",
                   "|---|---|---|---|---|"]
         for cl in c["claims"]:
-            mark = "✅" if cl["passed"] else "❌"
+            mark = claim_mark(cl.get("kind", "check"), cl["passed"])
             measured = cl["measured"]
             if isinstance(measured, float):
                 measured = f"{measured:.4g}"

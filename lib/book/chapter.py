@@ -93,6 +93,7 @@ class ClaimRecord:
     passed: bool
     comparison: str
     shown: str = ""  # the measured value as displayed (formatted); not part of the JSON record
+    kind: str = "check"  # "check" (must hold) or "not reproduced" (recorded, never raises)
 
 
 def _jsonable(value: Any) -> Any:
@@ -221,19 +222,49 @@ class Chapter:
             )
         return True
 
+    def not_reproduced(
+        self,
+        claim: str,
+        *,
+        paper: str,
+        measured: Any,
+        fmt: str | None = ".3g",
+        **comparison: Any,
+    ) -> bool:
+        """Record a claim of the paper that the miniature does not reproduce, with the measurement.
+
+        Same arguments as :meth:`check`; the comparison is the paper's claim. The outcome is
+        displayed and recorded (the scoreboard lists it as "does not reproduce") but never
+        raises, so the chapter's evidence reaches the page. Use it only after honest effort, and
+        say in the text why the claim fails here. Returns whether the comparison held this time.
+        """
+        if not claim.strip() or not paper.strip():
+            raise ValueError("a claim needs the claim in words and the paper's statement")
+        passed, description = compare(measured, fmt=fmt, **comparison)
+        record = ClaimRecord(claim, paper, _jsonable(measured), bool(passed), description,
+                             _format(measured, fmt), kind="not reproduced")  # fmt: skip
+        self.claims.append(record)
+        self._write()
+        _display_claim(record)
+        return bool(passed)
+
     def summary(self) -> None:
         """Display every claim check of the chapter as one table (the chapter's last cell)."""
         from IPython.display import Markdown, display
 
         rows = ["| | claim | paper | measured | needed |", "|---|---|---|---|---|"]
         for r in self.claims:
-            mark = "✅" if r.passed else "❌"
-            rows.append(f"| {mark} | {r.claim} | {r.paper} | {r.shown} | {r.comparison} |")
+            rows.append(f"| {claim_mark(r.kind, r.passed)} | {r.claim} | {r.paper} | {r.shown} | "
+                        f"{r.comparison} |")  # fmt: skip
         elapsed = time.perf_counter() - self._started
+        checks = [r for r in self.claims if r.kind == "check"]
+        missing = len(self.claims) - len(checks)
         rows.append("")
         rows.append(
-            f"{sum(r.passed for r in self.claims)} of {len(self.claims)} claim checks passed "
-            f"(seed {self.seed}, scale `{self.scale}`, {elapsed:.0f} s since the chapter started)."
+            f"{sum(r.passed for r in checks)} of {len(checks)} claim checks passed"
+            + (f"; {missing} claim(s) of the paper recorded as not reproduced" if missing else "")
+            + f" (seed {self.seed}, scale `{self.scale}`, {elapsed:.0f} s since the chapter"
+            " started)."
         )
         display(Markdown("\n".join(rows)))
 
@@ -246,22 +277,35 @@ class Chapter:
             "scale": self.scale,
             "claims": [
                 {"claim": r.claim, "paper": r.paper, "measured": r.measured,
-                 "passed": r.passed, "comparison": r.comparison}
+                 "passed": r.passed, "comparison": r.comparison, "kind": r.kind}
                 for r in self.claims
             ],
         }
         path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
+def claim_mark(kind: str, passed: bool) -> str:
+    """The scoreboard's symbol: a check that holds or fails, or a claim that does not reproduce
+    (held this time, or not)."""
+    if kind == "not reproduced":
+        return "⚠️✅" if passed else "⚠️"
+    return "✅" if passed else "❌"
+
+
 def _display_claim(record: ClaimRecord) -> None:
     from IPython.display import Markdown, display
 
-    mark = "✅ **holds**" if record.passed else "❌ **fails**"
-    measured = record.shown
+    if record.kind == "not reproduced":
+        mark = ("⚠️ **does not reproduce in general, but held this time**" if record.passed
+                else "⚠️ **does not reproduce**")  # fmt: skip
+        needed = "the paper's claim needs"
+    else:
+        mark = "✅ **holds**" if record.passed else "❌ **fails**"
+        needed = "needed"
     display(
         Markdown(
             f"{mark}: {record.claim}. Paper: {record.paper}. "
-            f"Measured: **{measured}** (needed {record.comparison})."
+            f"Measured: **{record.shown}** ({needed} {record.comparison})."
         )
     )
 
