@@ -57,6 +57,22 @@ def test_dit_subset_with_fresh_cache_equals_dense():
     assert (alone - subset).abs().max() > 1e-3
 
 
+def test_dit_per_sample_subsets_match_shared_ones():
+    dit = _random_dit(2)
+    x, text = torch.randn(2, 4, 8, 8), torch.randn(2, 16, models.TEXT_WIDTH)
+    rows = torch.tensor([[0, 5, 9], [3, 4, 60]])
+    cache = models.KVCache.empty(len(dit.blocks))
+    with torch.no_grad():
+        dit(x, 0.5, text, kv_cache=cache)
+        both = dit(x, 0.5, text, active=rows, kv_cache=models.KVCache(list(cache.keys),
+                                                                      list(cache.values)))
+        for i in range(2):
+            one = models.KVCache([k[i : i + 1] for k in cache.keys],
+                                 [v[i : i + 1] for v in cache.values])  # fmt: skip
+            alone = dit(x[i : i + 1], 0.5, text[i : i + 1], active=rows[i], kv_cache=one)
+            torch.testing.assert_close(both[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_dit_subset_uses_refreshed_keys():
     # One block: the unchanged tokens' keys depend on their own input only (deeper blocks mix
     # tokens, so there the cached keys of inactive tokens go stale, which RAS accepts).
@@ -78,6 +94,8 @@ def test_dit_bad_input():
     x, text = torch.randn(1, 4, 8, 8), torch.randn(1, 16, models.TEXT_WIDTH)
     with pytest.raises(ValueError, match="active token indices"):
         dit(x, 0.5, text, active=torch.tensor([64]))
+    with pytest.raises(ValueError, match="non-empty"):
+        dit(x, 0.5, text, active=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="non-empty"):
         dit(x, 0.5, text, active=torch.tensor([], dtype=torch.long))
     with pytest.raises(ValueError, match="empty: run a dense pass"):

@@ -24,9 +24,8 @@ every other token, the velocity it was last given (the *slow-update* region):
    ``reset_steps`` run the whole image, refreshing every cached velocity and key/value.
 
 With classifier-free guidance the batch is ``[unconditional; conditional]`` and one active set
-serves both halves, as in the official code. Each prompt has its own active set; since
-``MiniDiT.forward``'s ``active`` argument is shared by the whole batch, RAS steps over many
-prompts at once go through :func:`subset_forward`, the same layers with a per-sample gather.
+serves both halves, as in the official code. Each prompt has its own active set, so RAS steps
+over many prompts at once pass ``MiniDiT`` a ``(B, n)`` ``active`` (:func:`subset_forward`).
 
 The baselines of the paper share this loop: dense sampling (``ratio=1``), random token
 selection at the same ratio (``selection="random"``), and RAS without attention recovery
@@ -47,11 +46,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from lib.diffusion.sampling import guided
-from lib.diffusion.testbed.models import DiTBlock, KVCache, MiniDiT, timestep_embedding
+from lib.diffusion.testbed.models import KVCache, MiniDiT
 
 METRICS = ("std", "l2norm")
 SELECTIONS = ("ras", "random")
@@ -246,32 +244,6 @@ class RASResult:
         return np.array([[jaccard(a[i], a[i + 1]) for i in pairs] for a in self.active])
 
 
-def _subset_block(block: DiTBlock, x: torch.Tensor, modulation: torch.Tensor,
-                  text: torch.Tensor, active: torch.Tensor, cache: KVCache | None,
-                  layer: int) -> torch.Tensor:  # fmt: skip
-    """:meth:`DiTBlock.forward` on per-sample token subsets ``x`` ``(B, n_a, d)`` with indices
-    ``active`` ``(B, n_a)``: the same operations, with a per-sample scatter into the cache."""
-    shift1, scale1, gate1, shift2, scale2, gate2 = (
-        modulation.view(-1, 6, x.shape[-1]) + block.modulation_table
-    ).unbind(1)
-    h = block.norm1(x) * (1 + scale1[:, None]) + shift1[:, None]
-    q, k, v = (block._split(t) for t in block.qkv(h).chunk(3, dim=-1))
-    if cache is not None:  # attention recovery: fresh keys/values for the active tokens
-        index = active[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
-        keys = cache.keys[layer].scatter(2, index, k)
-        values = cache.values[layer].scatter(2, index, v)
-        cache.keys[layer], cache.values[layer] = keys, values
-        k, v = keys, values
-    x = x + gate1[:, None] * block.proj(block._merge(F.scaled_dot_product_attention(q, k, v)))
-    h = block.norm_cross(x)
-    attn = F.scaled_dot_product_attention(
-        block._split(block.cross_q(h)), block._split(block.cross_k(text)),
-        block._split(block.cross_v(text)))  # fmt: skip
-    x = x + block.cross_out(block._merge(attn))
-    h = block.norm2(x) * (1 + scale2[:, None]) + shift2[:, None]
-    return x + gate2[:, None] * block.mlp(h)
-
-
 @torch.no_grad()
 def subset_forward(model: MiniDiT, latents: torch.Tensor, sigma: torch.Tensor | float,
                    encoder_hidden_states: torch.Tensor, active: torch.Tensor,
@@ -279,10 +251,9 @@ def subset_forward(model: MiniDiT, latents: torch.Tensor, sigma: torch.Tensor | 
     """The DiT's velocity on a *per-sample* token subset: ``active`` ``(B, n_a)`` token indices,
     output ``(B, n_a, C)``.
 
-    ``MiniDiT.forward(..., active=...)`` takes one index set for the whole batch; RAS chooses
-    one set per prompt, so sampling many prompts at once needs a per-sample gather. This is
-    that pass, built from the model's own layers; with every row of ``active`` equal it is
-    ``MiniDiT.forward(..., active=active[0], kv_cache=kv_cache)`` (the unit tests check it).
+    RAS chooses one set per prompt, so sampling many prompts at once needs per-sample sets,
+    which ``MiniDiT.forward`` takes as a ``(B, n)`` ``active``; this checks the shapes and the
+    cache and makes that call.
     With a filled ``kv_cache`` the active tokens attend to all tokens (attention recovery) and
     their cache entries are refreshed; without one they attend to each other only.
     """
@@ -290,20 +261,9 @@ def subset_forward(model: MiniDiT, latents: torch.Tensor, sigma: torch.Tensor | 
     active = torch.as_tensor(active, dtype=torch.long)
     if active.ndim != 2 or active.shape[0] != b or active.shape[1] == 0:
         raise ValueError(f"active must be (B={b}, n_active >= 1), got {tuple(active.shape)}")
-    if int(active.min()) < 0 or int(active.max()) >= model.tokens:
-        raise ValueError(f"active token indices must lie in [0, {model.tokens})")
     if kv_cache is not None and not kv_cache.filled:
         raise ValueError("kv_cache is empty: run a dense pass with it first")
-    sigma = torch.as_tensor(sigma, dtype=latents.dtype).reshape(-1).expand(b)
-    x = model.patch_in(model.tokens_of(latents)) + model.positions
-    x = torch.gather(x, 1, active[..., None].expand(-1, -1, x.shape[-1]))
-    t = model.time_mlp(timestep_embedding(1000.0 * sigma, 256))
-    modulation = model.time_modulation(t)
-    text = model.text_norm(encoder_hidden_states)
-    for layer, block in enumerate(model.blocks):
-        x = _subset_block(block, x, modulation, text, active, kv_cache, layer)
-    shift, scale = (model.out_modulation[None] + t[:, None]).unbind(1)
-    return model.patch_out(model.norm_out(x) * (1 + scale[:, None]) + shift[:, None])
+    return model(latents, sigma, encoder_hidden_states, active=active, kv_cache=kv_cache)
 
 
 @torch.no_grad()

@@ -202,10 +202,9 @@ class DiTBlock(nn.Module):
             else:  # subset pass: refresh the active tokens, attend to all (cached for the rest)
                 if cache.keys[layer] is None:
                     raise ValueError("kv_cache is empty: run a dense pass with it first")
-                keys, values = cache.keys[layer].clone(), cache.values[layer].clone()
-                keys[:, :, active], values[:, :, active] = k, v
-                cache.keys[layer], cache.values[layer] = keys, values
-                k, v = keys, values
+                index = active[:, None, :, None].expand(-1, self.heads, -1, k.shape[-1])
+                k = cache.keys[layer] = cache.keys[layer].scatter(2, index, k)
+                v = cache.values[layer] = cache.values[layer].scatter(2, index, v)
         x = x + gate1[:, None] * self.proj(self._merge(F.scaled_dot_product_attention(q, k, v)))
         h = self.norm_cross(x)
         attn = F.scaled_dot_product_attention(
@@ -224,8 +223,9 @@ class MiniDiT(ModelMixin, ConfigMixin):
     ``(B, 4, 8, 8)``. Patch size 1: every latent pixel is a token, so 64 tokens.
 
     Token subsets (region-adaptive sampling): with ``active`` (int64 token indices, row-major
-    over the 8x8 grid, shared by the batch) only those tokens go through the network and the
-    output is ``(B, len(active), 4)``, the velocity of those tokens. Every part of a block is
+    over the 8x8 grid; shape ``(n,)`` for one set shared by the batch, or ``(B, n)`` for one
+    set per sample) only those tokens go through the network and the output is ``(B, n, 4)``,
+    the velocity of those tokens. Every part of a block is
     token-wise except self-attention; there, with a :class:`KVCache` filled by an earlier
     dense pass, the active tokens attend to all tokens (fresh keys/values for themselves,
     cached ones for the rest); without a cache they attend to each other only.
@@ -288,11 +288,14 @@ class MiniDiT(ModelMixin, ConfigMixin):
         x = self.patch_in(self.tokens_of(latents)) + self.positions
         if active is not None:
             active = torch.as_tensor(active, dtype=torch.long)
-            if active.ndim != 1 or active.numel() == 0:
-                raise ValueError("active must be a non-empty 1-D tensor of token indices")
+            if active.ndim == 1:
+                active = active.expand(b, -1)
+            if active.ndim != 2 or active.shape[0] != b or active.shape[1] == 0:
+                raise ValueError(f"active must be a non-empty (n,) or (B={b}, n) tensor of token "
+                                 f"indices, got shape {tuple(active.shape)}")  # fmt: skip
             if int(active.min()) < 0 or int(active.max()) >= self.tokens:
                 raise ValueError(f"active token indices must lie in [0, {self.tokens})")
-            x = x[:, active]
+            x = torch.gather(x, 1, active[..., None].expand(-1, -1, x.shape[-1]))
         if kv_cache is not None and len(kv_cache.keys) != len(self.blocks):
             raise ValueError(f"kv_cache has {len(kv_cache.keys)} layers, model {len(self.blocks)}")
         t = self.time_mlp(timestep_embedding(1000.0 * sigma, 256))
