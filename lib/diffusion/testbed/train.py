@@ -46,11 +46,23 @@ from torch import nn
 from lib.diffusion.sampling import decode, sample_flow, sample_unet
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import COLOURS, SHAPES, MiniTokenizer, generate, parse_caption
-from lib.diffusion.testbed.evaluators import caption_accuracy, load_caption_classifier
+from lib.diffusion.testbed.evaluators import (
+    MANIFEST_FILE,
+    CaptionClassifier,
+    caption_accuracy,
+    load_caption_classifier,
+)
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 STAGES = ("text_encoder", "vae", "unet", "dit")
 EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
+
+
+def _judge(out: Path) -> CaptionClassifier:
+    """The caption classifier in ``out`` (a full retrain writes its own there), else the
+    shipped one."""
+    folder = out / "caption_classifier"
+    return load_caption_classifier(folder if (folder / MANIFEST_FILE).is_file() else None)
 
 
 class StageFailed(RuntimeError):
@@ -208,7 +220,7 @@ def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250
     vae = models.autoencoder()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     modules = {"vae": vae, "opt": opt}
-    classifier = load_caption_classifier()
+    classifier = _judge(out)
     val = generate(n_val, seed=(seed, 30), split="all")
     val_x = val.images_tensor()
     plain = torch.from_numpy(val.labels.texture == 0)
@@ -317,7 +329,7 @@ def _train_denoiser(stage: str, out: Path, seed: int, model: nn.Module, loss_fn:
                     max_steps: int, eval_every: int, batch_size: int, target: float,
                     pool_size: int, n_prompts: int) -> tuple[nn.Module, dict]:  # fmt: skip
     tok = MiniTokenizer()
-    classifier = load_caption_classifier()
+    classifier = _judge(out)
     pool = LatentPool(vae, pool_size, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ema = EMA(model)
@@ -450,11 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         return trained[stage]
 
     from lib.diffusion.testbed import train_evaluator
-    from lib.diffusion.testbed.evaluators import MANIFEST_FILE, WEIGHTS_DIR
 
-    if args.force or not (WEIGHTS_DIR / MANIFEST_FILE).is_file():
+    judge = args.out / "caption_classifier"
+    if args.force or not (judge / MANIFEST_FILE).is_file():
         print("[classifier] training the caption classifier", flush=True)
-        if train_evaluator.main(["--seed", str(args.seed), "--threads", str(args.threads)]):
+        if train_evaluator.main(["--seed", str(args.seed), "--threads", str(args.threads),
+                                 "--out", str(judge)]):  # fmt: skip
             return 1
     for stage in STAGES:
         if stage not in args.only:
