@@ -57,7 +57,7 @@ chapter: setup
 	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
 
 # Trains only the stages missing from lib/diffusion/testbed/weights/manifest.json; pass
-# TESTBED_ARGS="--force" to retrain everything (about an hour on 2 idle cores).
+# TESTBED_ARGS="--force" to retrain everything (32 min from nothing on 2 idle cores).
 testbed: setup
 	$(BIN)/python -m lib.diffusion.testbed.train $(TESTBED_ARGS)
 
