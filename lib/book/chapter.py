@@ -206,19 +206,11 @@ class Chapter:
         ``between=(lo, hi)`` or ``equals``. The check is displayed and recorded; a failed
         check raises :class:`ClaimCheckFailed` after it has been recorded.
         """
-        if not claim.strip() or not paper.strip():
-            raise ValueError("a claim check needs the claim in words and the paper's statement")
-        passed, description = compare(measured, fmt=fmt, **comparison)
-        record = ClaimRecord(
-            claim, paper, _jsonable(measured), bool(passed), description, _format(measured, fmt)
-        )
-        self.claims.append(record)
-        self._write()
-        _display_claim(record)
-        if not passed:
+        record = self._record(claim, paper, measured, fmt, "check", comparison)
+        if not record.passed:
             raise ClaimCheckFailed(
                 f"claim check failed: {claim!r}: measured {_format(measured, fmt)}, "
-                f"expected {description} (paper: {paper})"
+                f"expected {record.comparison} (paper: {paper})"
             )
         return True
 
@@ -238,15 +230,20 @@ class Chapter:
         raises, so the chapter's evidence reaches the page. Use it only after honest effort, and
         say in the text why the claim fails here. Returns whether the comparison held this time.
         """
+        return self._record(claim, paper, measured, fmt, "not reproduced", comparison).passed
+
+    def _record(self, claim: str, paper: str, measured: Any, fmt: str | None, kind: str,
+                comparison: dict[str, Any]) -> ClaimRecord:  # fmt: skip
+        """Compare, then record, write and display one claim; the callers decide what follows."""
         if not claim.strip() or not paper.strip():
-            raise ValueError("a claim needs the claim in words and the paper's statement")
+            raise ValueError("a claim check needs the claim in words and the paper's statement")
         passed, description = compare(measured, fmt=fmt, **comparison)
         record = ClaimRecord(claim, paper, _jsonable(measured), bool(passed), description,
-                             _format(measured, fmt), kind="not reproduced")  # fmt: skip
+                             _format(measured, fmt), kind=kind)  # fmt: skip
         self.claims.append(record)
         self._write()
         _display_claim(record)
-        return bool(passed)
+        return record
 
     def summary(self) -> None:
         """Display every claim check of the chapter as one table (the chapter's last cell)."""

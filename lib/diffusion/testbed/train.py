@@ -65,6 +65,14 @@ def _judge(out: Path) -> CaptionClassifier:
     return load_caption_classifier(folder if (folder / MANIFEST_FILE).is_file() else None)
 
 
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimizer step on ``loss``; returns its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 class StageFailed(RuntimeError):
     """A stage hit its step cap before its quality criterion."""
 
@@ -191,10 +199,7 @@ def train_text_encoder(
         logits = logits.masked_fill(same & ~torch.eye(batch_size, dtype=torch.bool), -1e4)
         target_ = torch.arange(batch_size)
         loss = (F.cross_entropy(logits, target_) + F.cross_entropy(logits.T, target_)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return _descend(opt, loss)
 
     @torch.no_grad()
     def eval_fn() -> dict[str, float]:
@@ -233,10 +238,7 @@ def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample()).sample
         loss = F.mse_loss(recon, x) + 1e-6 * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return _descend(opt, loss)
 
     @torch.no_grad()
     def eval_fn() -> dict[str, float]:
