@@ -467,6 +467,23 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
             yield order[start:start + batch_size]
 
 
+def _surrogate_steps(problem: TargetProblem, theta: np.ndarray, name: str, n_outer: int, m: int,
+                     inner: str, inner_lr: float,
+                     surrogate_at: Callable[[np.ndarray], TargetSurrogate]) -> TargetTrace:
+    """The outer loop shared by MM and SSO: at each outer step build the surrogate at theta_t
+    (one expensive call) and take m cheap inner steps on it, recording the trace."""
+    problem.reset_counters()
+    trace = TargetTrace(name)
+    trace._record(problem, theta, 0)
+    steps = 0
+    for _ in range(int(n_outer)):
+        theta, k = minimize_surrogate(surrogate_at(theta), m, inner=inner, inner_lr=inner_lr)
+        steps += k
+        trace._record(problem, theta, steps)
+    trace.theta = theta
+    return trace
+
+
 def full_batch_mm(
     problem: TargetProblem,
     theta0: np.ndarray,
@@ -485,17 +502,8 @@ def full_batch_mm(
     g_t(theta_t) = h(theta_t), so with a descent inner loop h never increases.
     """
     theta = _check_run(problem, theta0, n_outer)
-    problem.reset_counters()
-    trace = TargetTrace(f"MM (m={m})")
-    trace._record(problem, theta, 0)
-    steps = 0
-    for _ in range(int(n_outer)):
-        s = build_surrogate(problem, theta, eta, None, sign=sign)
-        theta, k = minimize_surrogate(s, m, inner=inner, inner_lr=inner_lr)
-        steps += k
-        trace._record(problem, theta, steps)
-    trace.theta = theta
-    return trace
+    return _surrogate_steps(problem, theta, f"MM (m={m})", n_outer, m, inner, inner_lr,
+                            lambda t: build_surrogate(problem, t, eta, None, sign=sign))
 
 
 def sso(
@@ -520,17 +528,11 @@ def sso(
     """
     theta = _check_run(problem, theta0, n_outer)
     batch_size = _check_batch(problem, batch_size)
-    problem.reset_counters()
-    trace = TargetTrace(f"SSO (m={m})")
-    trace._record(problem, theta, 0)
-    batches, steps = _batches(problem.n, batch_size, rng), 0
-    for _ in range(int(n_outer)):
-        s = build_surrogate(problem, theta, eta, next(batches), regularizer=regularizer)
-        theta, k = minimize_surrogate(s, m, inner=inner, inner_lr=inner_lr)
-        steps += k
-        trace._record(problem, theta, steps)
-    trace.theta = theta
-    return trace
+    batches = _batches(problem.n, batch_size, rng)
+    return _surrogate_steps(
+        problem, theta, f"SSO (m={m})", n_outer, m, inner, inner_lr,
+        lambda t: build_surrogate(problem, t, eta, next(batches), regularizer=regularizer),
+    )
 
 
 def sgd(
