@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from lib.diffusion.sampling import encode_prompts
+from lib.diffusion.testbed.models import parameter_count
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -112,11 +113,6 @@ def projection_inputs(model: nn.Module, text_states: torch.Tensor) -> torch.Tens
     if norm is not None:
         text_states = norm(text_states)
     return text_states
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def changed_tensors(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:

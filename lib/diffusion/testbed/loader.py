@@ -94,9 +94,7 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
            "dit": models.MiniDiT}[part]  # fmt: skip
-    kwargs = {"use_safetensors": True}
-    model = cls.from_pretrained(path, **kwargs)
-    return model.eval().requires_grad_(False)
+    return cls.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
 
 
 def read_manifest(folder: Path = WEIGHTS) -> dict:

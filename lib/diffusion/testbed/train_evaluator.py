@@ -30,6 +30,7 @@ from lib.diffusion.testbed.evaluators import (
     head_accuracy,
     train_caption_classifier,
 )
+from lib.diffusion.testbed.models import parameter_count
 
 REQUIRED = ("colour", "shape", "position", "size")
 """Heads that must reach the target. The bucket (about 0.97-0.98 after 1,000 steps: its errors
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                   head_accuracy(result.model, blur(x), y).items()},  # fmt: skip
         "heldout_caption_accuracy": round(
             caption_accuracy(result.model, held.images, held.captions).accuracy, 4),
-        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "parameters": parameter_count(result.model),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__},  # fmt: skip
     }
