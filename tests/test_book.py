@@ -79,9 +79,31 @@ def test_a_claim_that_does_not_reproduce_is_recorded_without_raising(tmp_path, m
                  "claims": record["claims"]}]  # fmt: skip
     board = _scoreboard_md(load_papers(), chapters, payload)
     assert "1 of 1 claim checks hold" in board and "2 claim(s)" in board
-    assert "| 1 / 1, ⚠️ 2 |" in board and "| ⚠️ | faster |" in board
+    assert "| 1 / 1, ⚠️ 2 | none |" in board and "| ⚠️ | faster |" in board
     with pytest.raises(ValueError, match="claim in words"):
         chapter.not_reproduced(" ", paper="x", measured=1, at_most=0)
+
+
+def test_cross_checks_are_recorded_apart_and_a_disagreement_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_RESULTS_DIR", str(tmp_path))
+    chapter = Chapter("sinkhorn-newton-sparse")
+    chapter.check("holds", paper="Table 1", measured=0.04, at_most=0.1)
+    assert chapter.cross_check("plan vs POT", reference="ot.sinkhorn", measured=1e-12,
+                               at_most=1e-9)  # fmt: skip
+    with pytest.raises(ClaimCheckFailed, match="cross-check failed: 'plan vs brute force'"):
+        chapter.cross_check("plan vs brute force", reference="enumeration", measured=0.5,
+                            at_most=1e-9)  # fmt: skip
+    record = json.loads((tmp_path / "sinkhorn-newton-sparse.json").read_text())
+    assert [c["kind"] for c in record["claims"]] == ["check", "cross-check", "cross-check"]
+    from lib.book.build import _scoreboard_md
+    from lib.book.papers import load_papers
+
+    chapters = [{"slug": "sinkhorn-newton-sparse", "title": "SNS", "wall_seconds": 1.0,
+                 "claims": record["claims"]}]  # fmt: skip
+    board = _scoreboard_md(load_papers(), chapters, {"generated_at": "now", "seed": 0})
+    assert "1 of 1 claim checks hold, 1 of 2 cross-checks agree" in board
+    assert "(1 of 1 chapters cross-check" in board and "| 1 / 1 | 🔁 1 / 2 |" in board
+    assert "| 🔁 | plan vs POT | ot.sinkhorn |" in board
 
 
 def test_static_explorable_renders_every_frame_and_starts_where_asked():

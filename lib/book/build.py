@@ -245,40 +245,56 @@ def _is_check(claim: dict) -> bool:
     return claim.get("kind", "check") == "check"
 
 
+def _is_cross_check(claim: dict) -> bool:
+    return claim.get("kind") == "cross-check"
+
+
+def _is_missing(claim: dict) -> bool:
+    return claim.get("kind") == "not reproduced"
+
+
 def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
     by_slug = {c["slug"]: c for c in chapters}
     checks = [cl for c in chapters for cl in c["claims"] if _is_check(cl)]
-    n_missing = sum(not _is_check(cl) for c in chapters for cl in c["claims"])
+    crosses = [cl for c in chapters for cl in c["claims"] if _is_cross_check(cl)]
+    n_missing = sum(_is_missing(cl) for c in chapters for cl in c["claims"])
+    n_crossed = sum(any(_is_cross_check(cl) for cl in c["claims"]) for c in chapters)
     lines = [
         f"Built {payload['generated_at']} with seed {payload['seed']}: "
         f"{len(chapters)} of {len(papers)} papers have a chapter; "
-        f"{sum(cl['passed'] for cl in checks)} of {len(checks)} claim checks hold, and "
-        f"{n_missing} claim(s) of the papers are recorded as not reproduced (⚠️), each with "
-        "the evidence in its chapter.",
+        f"{sum(cl['passed'] for cl in checks)} of {len(checks)} claim checks hold, "
+        f"{sum(cl['passed'] for cl in crosses)} of {len(crosses)} cross-checks agree "
+        f"({n_crossed} of {len(chapters)} chapters cross-check their method against something "
+        f"independent of it, 🔁), and {n_missing} claim(s) of the papers are recorded as not "
+        "reproduced (⚠️), each with the evidence in its chapter.",
         "",
     ]
     for part in PART_ORDER:
-        lines += [f"## {part}", "", "| # | paper | chapter | claims | run time |"]
-        lines += ["|---|---|---|---|---|"]
+        lines += [f"## {part}", "", "| # | paper | chapter | claims | cross-checks | run time |"]
+        lines += ["|---|---|---|---|---|---|"]
         for p in (p for p in papers if p.part == part):
             arxiv = f"[{p.arxiv}]({p.arxiv_url})" if p.arxiv else "no arXiv id"
             c = by_slug.get(p.slug)
             if c is None:
-                lines.append(f"| {p.number} | {_cell(p.title)} ({arxiv}) | planned | | |")
+                lines.append(f"| {p.number} | {_cell(p.title)} ({arxiv}) | planned | | | |")
                 continue
             own = [cl for cl in c["claims"] if _is_check(cl)]
             held = sum(cl["passed"] for cl in own)
-            missing = len(c["claims"]) - len(own)
+            cross = [cl for cl in c["claims"] if _is_cross_check(cl)]
+            agreed = sum(cl["passed"] for cl in cross)
+            missing = sum(_is_missing(cl) for cl in c["claims"])
             link = f"{{doc}}`read </{p.docname}>`"
             lines.append(
                 f"| {p.number} | {_cell(p.title)} ({arxiv}) | {link} | "
                 f"{held} / {len(own)}{f', ⚠️ {missing}' if missing else ''} | "
+                f"{f'🔁 {agreed} / {len(cross)}' if cross else 'none'} | "
                 f"{_fmt_seconds(c['wall_seconds'])} |"
             )
         lines.append("")
     lines += ["## Every claim, ours beside the paper's", ""]
     for c in chapters:
-        lines += [f"### {_cell(c['title'])}", "", "| | claim | paper | ours | needed |",
+        lines += [f"### {_cell(c['title'])}", "", "| | claim (or cross-check) | paper (or "
+                  "reference) | ours | needed |",
                   "|---|---|---|---|---|"]
         for cl in c["claims"]:
             mark = claim_mark(cl.get("kind", "check"), cl["passed"])

@@ -93,7 +93,9 @@ class ClaimRecord:
     passed: bool
     comparison: str
     shown: str = ""  # the measured value as displayed (formatted); not part of the JSON record
-    kind: str = "check"  # "check" (must hold) or "not reproduced" (recorded, never raises)
+    # "check" (a paper's claim; must hold), "cross-check" (the lib method against something
+    # independent of it; must hold) or "not reproduced" (recorded, never raises)
+    kind: str = "check"
 
 
 def _jsonable(value: Any) -> Any:
@@ -214,6 +216,32 @@ class Chapter:
             )
         return True
 
+    def cross_check(
+        self,
+        what: str,
+        *,
+        reference: str,
+        measured: Any,
+        fmt: str | None = ".3g",
+        **comparison: Any,
+    ) -> bool:
+        """Check the chapter's ``lib`` method against something independent of it.
+
+        ``what`` says what is compared (for example "SNS plan vs POT's ot.sinkhorn, max
+        abs difference"); ``reference`` names the independent side: a reference library, brute
+        force on a tiny instance, a closed form, finite differences, or the official code's rule
+        on a worked example. A comparison that agrees with the code by construction is not a
+        cross-check. Recorded with kind ``"cross-check"`` (the scoreboard counts them per
+        chapter); like :meth:`check`, a failure raises :class:`ClaimCheckFailed`.
+        """
+        record = self._record(what, reference, measured, fmt, "cross-check", comparison)
+        if not record.passed:
+            raise ClaimCheckFailed(
+                f"cross-check failed: {what!r}: measured {_format(measured, fmt)}, "
+                f"expected {record.comparison} (against: {reference})"
+            )
+        return True
+
     def not_reproduced(
         self,
         claim: str,
@@ -255,10 +283,12 @@ class Chapter:
                         f"{r.comparison} |")  # fmt: skip
         elapsed = time.perf_counter() - self._started
         checks = [r for r in self.claims if r.kind == "check"]
-        missing = len(self.claims) - len(checks)
+        crosses = [r for r in self.claims if r.kind == "cross-check"]
+        missing = sum(r.kind == "not reproduced" for r in self.claims)
         rows.append("")
         rows.append(
             f"{sum(r.passed for r in checks)} of {len(checks)} claim checks passed"
+            + f", {sum(r.passed for r in crosses)} of {len(crosses)} cross-checks"
             + (f"; {missing} claim(s) of the paper recorded as not reproduced" if missing else "")
             + f" (seed {self.seed}, scale `{self.scale}`, {elapsed:.0f} s since the chapter"
             " started)."
@@ -282,10 +312,12 @@ class Chapter:
 
 
 def claim_mark(kind: str, passed: bool) -> str:
-    """The scoreboard's symbol: a check that holds or fails, or a claim that does not reproduce
-    (held this time, or not)."""
+    """The scoreboard's symbol: a check that holds or fails, a cross-check that agrees (🔁), or a
+    claim that does not reproduce (held this time, or not)."""
     if kind == "not reproduced":
         return "⚠️✅" if passed else "⚠️"
+    if kind == "cross-check":
+        return "🔁" if passed else "❌"
     return "✅" if passed else "❌"
 
 
@@ -296,6 +328,15 @@ def _display_claim(record: ClaimRecord) -> None:
         mark = ("⚠️ **does not reproduce in general, but held this time**" if record.passed
                 else "⚠️ **does not reproduce**")  # fmt: skip
         needed = "the paper's claim needs"
+    elif record.kind == "cross-check":
+        mark = "🔁 **cross-check agrees**" if record.passed else "❌ **cross-check disagrees**"
+        display(
+            Markdown(
+                f"{mark}: {record.claim}. Against: {record.paper}. "
+                f"Measured: **{record.shown}** (needed {record.comparison})."
+            )
+        )
+        return
     else:
         mark = "✅ **holds**" if record.passed else "❌ **fails**"
         needed = "needed"
