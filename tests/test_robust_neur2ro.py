@@ -6,27 +6,28 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-import lib.robust.neur2ro as n2r
-from lib.robust.neur2ro import (
+import lib.robust.milp_embedding as milp_embedding
+from lib.robust.capital_budgeting import (
     CapitalBudgetingInstance,
-    MainProblem,
-    encoding_errors,
+    _max_linear_over_budgeted_box,
     exact_robust_optimum,
     feasible_plans,
-    make_dataset,
     make_instance,
-    neur2ro_ccg,
     nominal_plan,
-    random_value_network,
     recourse_options,
-    sample_scenarios,
     second_stage_value,
-    solve_adversarial,
-    solve_main,
     static_robust_plan,
-    train_value_network,
     worst_case_value,
 )
+from lib.robust.ccg import (
+    MainProblem,
+    encoding_errors,
+    neur2ro_ccg,
+    solve_adversarial,
+    solve_main,
+)
+from lib.robust.training_data import make_dataset, sample_scenarios
+from lib.robust.value_network import random_value_network, train_value_network
 
 
 def small(seed: int, n: int = 5, kappa: int = 2, gamma: float = 1.5):
@@ -76,7 +77,7 @@ def test_worst_case_value_is_the_max_over_xi(seed):
 def test_max_linear_over_budgeted_box_matches_lp(gamma):
     rng = np.random.default_rng(1)
     G = rng.normal(size=(4, 3))
-    got = n2r._max_linear_over_budgeted_box(G, gamma)
+    got = _max_linear_over_budgeted_box(G, gamma)
     for g, v in zip(G, got):
         # variables xi, s: max g^T xi, |xi| <= s <= 1, sum s <= gamma
         A = np.block([[np.eye(3), -np.eye(3)], [-np.eye(3), -np.eye(3)],
@@ -163,7 +164,7 @@ def test_a_broken_encoding_is_caught(monkeypatch, broken):
     worst = []
     for seed in range(3):
         net = random_value_network(inst.n, inst.kappa, np.random.default_rng(seed + 300))
-        monkeypatch.setattr(n2r, "_relu_big_m", broken)
+        monkeypatch.setattr(milp_embedding, "_relu_big_m", broken)
         try:
             errors = encoding_errors(net, inst, np.random.default_rng(seed), count=2)
         except RuntimeError:  # the broken rows may even make the MILP infeasible

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix
 
-from lib.native_output import silence_native_output
+from lib.util.native_output import silence_native_output
 from lib.verification.bounds import (
     PreactivationBounds,
     ReluNet,

@@ -1,0 +1,1 @@
+"""Small utilities shared by several fields of the library (no book machinery, no models)."""
