@@ -10,12 +10,14 @@ from lib.ot import (
     lyapunov_hessian,
     marginal_error,
     newton_ot,
+    random_assignment_problem,
     sinkhorn,
     sinkhorn_newton_sparse,
     sparsify_plan,
     transport_cost,
     transport_plan,
 )
+from lib.ot.sparse_newton import _backtrack, _conjugate_gradient, _newton_matvec
 
 
 def random_problem(seed: int, n: int = 6, m: int = 5):
@@ -107,6 +109,68 @@ def test_sns_needs_far_fewer_iterations_than_sinkhorn():
     assert sns.iterations <= 0.1 * sk.iterations
 
 
+@pytest.mark.parametrize("per_row", [1, 4, 16])
+def test_sparsify_at_o_of_n_entries_matches_a_full_sort(per_row):
+    # The subsample-bounded selection must pick exactly the entries a full sort picks.
+    rng = np.random.default_rng(per_row)
+    n = 400
+    P = rng.random((n, n)) ** 6
+    kept = sparsify_plan(P, per_row / n)
+    assert kept.nnz == per_row * n
+    threshold = np.sort(P, axis=None)[-per_row * n]
+    np.testing.assert_array_equal(kept.toarray(), np.where(P >= threshold, P, 0.0))
+    ties = np.round(rng.random((n, n)), 2)  # many ties at the threshold: all of them kept
+    threshold = np.sort(ties, axis=None)[-per_row * n]
+    np.testing.assert_array_equal(sparsify_plan(ties, per_row / n).toarray(),
+                                  np.where(ties >= threshold, ties, 0.0))
+
+
+def test_line_search_increase_is_the_change_of_f_and_passes_armijo():
+    C, r, c = random_problem(2, n=12, m=9)
+    eta = 20.0
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=12) * 0.01, rng.normal(size=9) * 0.01
+    P = transport_plan(C, eta, x, y)
+    g = lyapunov_gradient(P, r, c)
+    dz = g / eta  # an ascent direction (slope g.dz > 0)
+    dx, dy = dz[:12], dz[12:]
+    slope = float(g @ dz)
+    alpha, P_new, gain = _backtrack(P, r, c, eta, dx, dy, slope, 1e-4, 40)
+    assert alpha > 0 and P_new is not None
+    direct = lyapunov(C, r, c, eta, x + alpha * dx, y + alpha * dy) - lyapunov(C, r, c, eta, x, y)
+    assert gain == pytest.approx(direct, rel=1e-8)
+    assert gain >= 1e-4 * alpha * slope
+    np.testing.assert_allclose(P_new, transport_plan(C, eta, x + alpha * dx, y + alpha * dy),
+                               rtol=1e-12)
+    # A descent direction never passes the test: the search reports failure.
+    assert _backtrack(P, r, c, eta, -dx, -dy, -slope, 1e-4, 40)[1] is None
+
+
+def test_conjugate_gradient_solves_the_singular_consistent_newton_system():
+    C, r, c = random_problem(1, n=15, m=12)
+    P = transport_plan(C, 10.0, np.zeros(15), np.zeros(12))
+    M = -lyapunov_hessian(P, 10.0) / 10.0
+    null = np.concatenate([np.ones(15), -np.ones(12)])
+    b = np.random.default_rng(0).normal(size=27)
+    b -= (b @ null) / (null @ null) * null
+    for kept in (None, sparsify_plan(P, 1.0)):
+        x, iterations = _conjugate_gradient(_newton_matvec(P, kept), b, 1e-12, 500)
+        assert 0 < iterations < 500
+        np.testing.assert_allclose(M @ x, b, atol=1e-10)
+        assert abs(x @ null) < 1e-8  # the minimum-norm solution: nothing along the null space
+
+
+def test_sns_with_o_of_n_entries_differs_from_dense_newton_but_converges():
+    C, r, c = random_assignment_problem(200, np.random.default_rng(0))
+    eta = 600.0
+    dense = newton_ot(C, r, c, eta, rho=None, tol=1e-10)
+    sparse = sinkhorn_newton_sparse(C, r, c, eta, rho=4 / 200, tol=1e-10)
+    assert dense.converged and sparse.converged
+    assert sparse.kept_fraction == pytest.approx(4 / 200)
+    assert sparse.n_newton > dense.n_newton
+    np.testing.assert_allclose(sparse.plan, dense.plan, atol=1e-11)
+
+
 def test_sparsify_keeps_the_largest_entries():
     rng = np.random.default_rng(1)
     P = rng.random((20, 30))
@@ -149,3 +213,7 @@ def test_bad_settings_are_rejected():
         sinkhorn(C, r, c, 1.0, method="fast")
     with pytest.raises(ValueError, match="rho"):
         sinkhorn_newton_sparse(C, r, c, 1.0, rho=0.0)
+    with pytest.raises(ValueError, match="max_halvings"):
+        sinkhorn_newton_sparse(C, r, c, 1.0, max_halvings=-1)
+    with pytest.raises(ValueError, match="n >= 1"):
+        random_assignment_problem(0, np.random.default_rng(0))

@@ -11,7 +11,7 @@ from lib.ot.entropic import (
     transport_plan,
     validate_problem,
 )
-from lib.ot.problems import digits_problem, point_cloud_problem
+from lib.ot.problems import digits_problem, point_cloud_problem, random_assignment_problem
 from lib.ot.sparse_newton import newton_ot, sinkhorn_newton_sparse, sparsify_plan
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "marginal_error",
     "newton_ot",
     "point_cloud_problem",
+    "random_assignment_problem",
     "sinkhorn",
     "sinkhorn_newton_sparse",
     "sparsify_plan",
