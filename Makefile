@@ -7,16 +7,19 @@ STAMP := $(VENV)/.installed
 # Executing the chapters: BOOK_STATIC=1 makes explorables pre-render their frames and keeps
 # progress bars (lib.book.progress) out of the pages; each notebook runs once, and nbmake
 # writes its outputs in place (--overwrite) for the book build, which never executes.
+# `stage` lists in _build/to_execute.txt only the chapters whose inputs changed since their last
+# passing run (lib.book.execution_cache); the others reuse that run.
 EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
-	--nbmake-timeout=600 -p lib.book.pytest_timing -o testpaths= -o addopts= -p no:cacheprovider
+	--nbmake-timeout=600 -p lib.book.pytest_chapters -o testpaths= -o addopts= -p no:cacheprovider
 BUILD := $(BIN)/jupyter-book build _book --path-output . --builder html
 
-.PHONY: help setup test book lab sync lint unit execute chapter clean distclean lock testbed
+.PHONY: help setup test book lab sync lint unit execute browser chapter clean distclean lock testbed
 help:
 	@echo "make test     set up, lint, unit tests, execute every chapter once, build with -W"
 	@echo "make book     set up, execute every chapter once, build _build/html"
 	@echo "make lab      Jupyter Lab with Jupytext (the .md chapters open as notebooks)"
 	@echo "make chapter CHAPTER=slug   execute one chapter as a test"
+	@echo "make browser  open the built pages in headless Chromium, offline (part of make test)"
 	@echo "make sync     regenerate paired .ipynb files and _toc.yml after editing chapters"
 	@echo "make lock     re-pin requirements.lock from pyproject.toml"
 	@echo "make testbed  train the miniature Stable Diffusion testbed (not part of make test)"
@@ -40,12 +43,18 @@ unit: setup
 
 execute: setup
 	$(BIN)/python -m lib.book.build stage
-	$(EXECUTE) _book/book
+	if [ -s _build/to_execute.txt ]; then $(EXECUTE) $$(cat _build/to_execute.txt); fi
 	$(BIN)/python -m lib.book.build report
 
 test: lint unit execute
 	$(BUILD) -W -n --keep-going
+	$(MAKE) --no-print-directory browser
 	@echo "reproduction record: _build/reproduction.json"
+
+# The built pages in headless Chromium, offline (tests/browser; needs chromium and chromium-driver
+# from Debian, which .ci/run installs). Screenshots land in _build/screenshots/.
+browser: setup
+	$(BIN)/pytest tests/browser -p no:cacheprovider -q
 
 book: execute
 	$(BUILD)

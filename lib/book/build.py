@@ -23,6 +23,7 @@ import jupytext
 import nbformat
 import yaml
 
+from lib.book import execution_cache
 from lib.book.chapter import claim_mark
 from lib.book.papers import BOOK_DIR, PART_ORDER, REPO_ROOT, load_papers, part_folder
 
@@ -32,6 +33,9 @@ STAGE_DIR = REPO_ROOT / "_book"
 ONE_CHAPTER_DIR = REPO_ROOT / "_chapter"
 CLAIMS_DIR = BUILD_DIR / "claims"
 TIMINGS_JSON = BUILD_DIR / "timings.json"
+# The chapters `stage` found stale: slug -> key and staged notebook; and the notebooks, one a line
+TO_EXECUTE_JSON = BUILD_DIR / "to_execute.json"
+TO_EXECUTE_TXT = BUILD_DIR / "to_execute.txt"
 REPRODUCTION_JSON = BUILD_DIR / "reproduction.json"
 APPENDIX = "appendix"
 GENERATED = "_generated"  # folder under book/ for generated includes (staged tree only)
@@ -156,31 +160,68 @@ def _papers_by_part_md() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it: unchanged files keep their modification
+    time, so the Sphinx build re-reads only the pages that changed."""
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def stage() -> None:
-    """Lay out ``_book/``: sources as they are, chapters as output-free notebooks."""
-    if STAGE_DIR.exists():
-        shutil.rmtree(STAGE_DIR)
+    """Lay out ``_book/``: sources as they are; chapters as output-free notebooks to execute, or
+    as their saved executed notebooks where nothing they depend on changed
+    (:mod:`lib.book.execution_cache`). Writes the list of notebooks to execute to
+    ``_build/to_execute.txt`` (and their keys to ``to_execute.json``)."""
     chapters = set(chapter_sources())
-    (STAGE_DIR / "book").mkdir(parents=True)
-    shutil.copy2(REPO_ROOT / "_config.yml", STAGE_DIR / "_config.yml")
-    (STAGE_DIR / "_toc.yml").write_text(toc_text())
+    files: dict[Path, str] = {
+        STAGE_DIR / "_config.yml": (REPO_ROOT / "_config.yml").read_text(),
+        STAGE_DIR / "_toc.yml": toc_text(),
+        STAGE_DIR / "book" / GENERATED / "papers_by_part.md": _papers_by_part_md(),
+    }
+    copies: dict[Path, Path] = {}
     for path in BOOK_DIR.rglob("*"):
         if path.is_dir() or path in chapters or path.suffix == ".ipynb" or GENERATED in path.parts:
             continue
-        target = STAGE_DIR / path.relative_to(REPO_ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-    for md in chapters:
-        target = STAGE_DIR / md.relative_to(REPO_ROOT).with_suffix(".ipynb")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(chapter_notebook(md))
-    generated = STAGE_DIR / "book" / GENERATED
-    generated.mkdir()
-    (generated / "papers_by_part.md").write_text(_papers_by_part_md())
+        copies[STAGE_DIR / path.relative_to(REPO_ROOT)] = path
     if CLAIMS_DIR.exists():
         shutil.rmtree(CLAIMS_DIR)
-    TIMINGS_JSON.unlink(missing_ok=True)
-    print(f"staged {len(chapters)} chapters in {STAGE_DIR.relative_to(REPO_ROOT)}")
+    CLAIMS_DIR.mkdir(parents=True)
+    timings, to_execute = {}, {}
+    for md in sorted(chapters):
+        target = STAGE_DIR / md.relative_to(REPO_ROOT).with_suffix(".ipynb")
+        key = execution_cache.chapter_key(md)
+        saved = execution_cache.saved_run(md.stem, key)
+        if saved is None:
+            files[target] = chapter_notebook(md)
+            to_execute[md.stem] = {"key": key, "notebook": target.relative_to(REPO_ROOT).as_posix()}
+            continue
+        files[target] = (saved / "notebook.ipynb").read_text()
+        shutil.copy2(saved / "claims.json", CLAIMS_DIR / f"{md.stem}.json")
+        run = json.loads((saved / "run.json").read_text())
+        timings[md.stem] = {**run["timing"], "reused": True}
+    for path, text in files.items():
+        _write_if_changed(path, text)
+    for target, source in copies.items():
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    wanted = set(files) | set(copies)
+    if STAGE_DIR.exists():
+        for path in sorted(STAGE_DIR.rglob("*"), reverse=True):
+            if path.is_file() and path not in wanted:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    BUILD_DIR.mkdir(exist_ok=True)
+    TIMINGS_JSON.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    TO_EXECUTE_JSON.write_text(json.dumps(to_execute, indent=2, sort_keys=True) + "\n")
+    TO_EXECUTE_TXT.write_text("".join(f"{v['notebook']}\n" for v in to_execute.values()))
+    print(
+        f"staged {len(chapters)} chapters in {STAGE_DIR.relative_to(REPO_ROOT)}: "
+        f"{len(to_execute)} to execute, {len(chapters) - len(to_execute)} reused unchanged"
+    )
 
 
 def stage_one(slug: str) -> None:
@@ -195,8 +236,13 @@ def stage_one(slug: str) -> None:
     print(f"staged {target.relative_to(REPO_ROOT)}")
 
 
-def _fmt_seconds(seconds: float | None) -> str:
-    return "not run" if seconds is None else f"{seconds:.0f} s"
+def _fmt_run_time(chapter: dict) -> str:
+    """Wall seconds, the kernel's CPU seconds, and whether the run was reused unchanged."""
+    wall, cpu = chapter.get("wall_seconds"), chapter.get("cpu_seconds")
+    if wall is None:
+        return "not run"
+    text = f"{wall:.0f} s" + (f" (CPU {cpu:.0f} s)" if cpu is not None else "")
+    return text + (f", reused from {chapter['executed_at'][:10]}" if chapter.get("reused") else "")
 
 
 def report() -> None:
@@ -220,7 +266,10 @@ def report() -> None:
                 "arxiv": p.arxiv,
                 "part": p.part,
                 "wall_seconds": timing.get("seconds"),
+                "cpu_seconds": timing.get("cpu_seconds"),
                 "executed": timing.get("outcome"),
+                "executed_at": timing.get("executed_at"),
+                "reused": bool(timing.get("reused", False)),
                 "claims": record["claims"],
             }
         )
@@ -288,7 +337,7 @@ def _scoreboard_md(papers: list, chapters: list[dict], payload: dict) -> str:
                 f"| {p.number} | {_cell(p.title)} ({arxiv}) | {link} | "
                 f"{held} / {len(own)}{f', ⚠️ {missing}' if missing else ''} | "
                 f"{f'🔁 {agreed} / {len(cross)}' if cross else 'none'} | "
-                f"{_fmt_seconds(c['wall_seconds'])} |"
+                f"{_fmt_run_time(c)} |"
             )
         lines.append("")
     lines += ["## Every claim, ours beside the paper's", ""]
