@@ -16,8 +16,9 @@ preconditioner followed by a few iterations) brings the cost to O~(|Omega| k).
 This module implements the problem generator (incoherent rank-k ground truth, Bernoulli mask),
 the trimmed spectral initialisation, the alternating minimization with three row solvers
 (exact normal equations; warm-started conjugate gradient; CountSketch-preconditioned conjugate
-gradient), an optional injected per-step error of relative size ``delta``, and a floating-point
-operation counter charged by every solver with the work it actually performs.
+gradient, the paper's solver), an optional injected per-step error of relative size ``delta``.
+Every multiplication the solvers perform goes through :class:`lib.linalg.op_count.MultiplyAdds`,
+which charges it from the operands' sizes at run time: the solvers never state their own cost.
 """
 
 from __future__ import annotations
@@ -28,17 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from lib.linalg.op_count import MultiplyAdds
+
 SOLVERS = ("exact", "cg", "sketch")
-
-
-@dataclass
-class OpCounter:
-    """Floating-point operations charged by the row solvers (a multiply-add counts as 2)."""
-
-    flops: float = 0.0
-
-    def add(self, flops: float) -> None:
-        self.flops += float(flops)
 
 
 @dataclass
@@ -83,7 +76,8 @@ class AltMinTrace:
 
     solver: str
     errors: list[float] = field(default_factory=list)  # ||U V^T - M||_F / ||M||_F
-    flops: list[float] = field(default_factory=list)  # solver operations in that iteration
+    solve_errors: list[float] = field(default_factory=list)  # same, before the injected error
+    madds: list[float] = field(default_factory=list)  # multiply-adds of that iteration's solves
     seconds: list[float] = field(default_factory=list)  # wall time of that iteration's solves
     init_error: float = float("nan")
     U: np.ndarray | None = None
@@ -151,14 +145,20 @@ class RowRegressions:
     U-update, a runs over the rows and B = V. The pattern (which b each a observes) is fixed;
     the design B changes every half-iteration. Entries are stored sorted by a, as a CSR matrix
     whose ``data`` is overwritten in place, so applying the stacked design A (x_a -> B_b . x_a
-    on each observed (a, b)) and its transpose costs 2 |Omega| k flops each.
+    on each observed (a, b)) and its transpose costs |Omega| k multiply-adds each.
     """
 
     def __init__(self, out_index: np.ndarray, in_index: np.ndarray, values: np.ndarray,
                  n_out: int, n_in: int) -> None:
+        out_index, in_index = np.asarray(out_index), np.asarray(in_index)
+        if out_index.shape != in_index.shape or out_index.shape != np.shape(values):
+            raise ValueError("out_index, in_index and values must have the same length")
+        if out_index.size and (out_index.min() < 0 or out_index.max() >= n_out
+                               or in_index.min() < 0 or in_index.max() >= n_in):
+            raise ValueError(f"indices must lie in [0, {n_out}) x [0, {n_in})")
         order = np.lexsort((in_index, out_index))
-        self.a = np.asarray(out_index)[order]
-        self.b = np.asarray(in_index)[order]
+        self.a = out_index[order]
+        self.b = in_index[order]
         self.y = np.asarray(values, dtype=np.float64)[order]
         self.n_out, self.n_in = n_out, n_in
         self.counts = np.bincount(self.a, minlength=n_out)
@@ -169,48 +169,51 @@ class RowRegressions:
     def nnz(self) -> int:
         return self.a.size
 
-    def apply(self, B: np.ndarray, X: np.ndarray, counter: OpCounter) -> np.ndarray:
-        """The predictions B_b . x_a on every observed entry (the stacked design times X)."""
-        counter.add(2 * self.nnz * B.shape[1])
-        return np.einsum("ij,ij->i", B[self.b], X[self.a])
+    def apply(self, B: np.ndarray, X: np.ndarray, counter: MultiplyAdds) -> np.ndarray:
+        """The predictions B_b . x_a on every observed entry (the stacked design times X).
 
-    def apply_t(self, B: np.ndarray, r: np.ndarray, counter: OpCounter) -> np.ndarray:
+        Computed in chunks of entries through two reused buffers (the gathered rows B_b and
+        x_a stay in cache): |Omega| k multiply-adds in all.
+        """
+        k = X.shape[1]
+        out = np.empty(self.nnz)
+        chunk = max(1, 2**16 // max(1, k))
+        size = min(chunk, self.nnz)
+        buf_b, buf_x = np.empty((size, k)), np.empty((size, k))
+        for lo in range(0, self.nnz, chunk):
+            hi = min(lo + chunk, self.nnz)
+            rows_b = np.take(B, self.b[lo:hi], axis=0, out=buf_b[: hi - lo])
+            rows_x = np.take(X, self.a[lo:hi], axis=0, out=buf_x[: hi - lo])
+            out[lo:hi] = counter.rowdot(rows_b, rows_x, "apply design")
+        return out
+
+    def apply_t(self, B: np.ndarray, r: np.ndarray, counter: MultiplyAdds) -> np.ndarray:
         """sum_b r_ab B_b for every output row a (the transposed design times residuals r)."""
-        counter.add(2 * self.nnz * B.shape[1])
         self._csr.data[:] = r
-        return np.asarray(self._csr @ B)
+        return counter.matmul(self._csr, B, "apply transpose")
 
 
-def exact_solve(reg: RowRegressions, B: np.ndarray, counter: OpCounter) -> np.ndarray:
-    """Exact row solves: form each Gram matrix B_Omega_a^T B_Omega_a and solve (Cholesky).
+def exact_solve(reg: RowRegressions, B: np.ndarray, counter: MultiplyAdds) -> np.ndarray:
+    """Exact row solves: form each Gram matrix B_Omega_a^T B_Omega_a and solve it.
 
-    This is the update of Jain et al. (2013) that the paper starts from. Forming the Gram
-    matrices costs 2 |Omega| k^2 flops, the right-hand sides 2 |Omega| k, and the n
-    factorisations n (k^3 / 3 + 2 k^2): O(|Omega| k^2) per half-iteration. A row with fewer
-    than k observations (a singular Gram matrix) gets the minimum-norm least-squares solution.
+    This is the update of Jain et al. (2013) that the paper starts from. The Gram matrices
+    take |Omega| k^2 multiply-adds (the 0/1 pattern times the outer products B_b B_b^T), the
+    right-hand sides |Omega| k, and the n_out k x k solves n_out (k^3 / 3 + k^2):
+    O(|Omega| k^2) per half-iteration. A row with fewer than k observations (a singular Gram
+    matrix) gets the minimum-norm least-squares solution.
     """
     n, k = reg.n_out, B.shape[1]
     rhs = reg.apply_t(B, reg.y, counter)
-    # All Gram matrices at once: the 0/1 pattern (n x n_in) times the rows' outer products
-    # B_b B_b^T (n_in x k^2) touches each observed entry once with k^2 work.
+    outer = counter.matmul(B[:, :, None], B[:, None, :], "Gram").reshape(reg.n_in, k * k)
     pattern = sp.csr_matrix((np.ones(reg.nnz), reg.b, reg.indptr), shape=(n, reg.n_in))
-    G = np.asarray(pattern @ (B[:, :, None] * B[:, None, :]).reshape(reg.n_in, k * k))
-    G = G.reshape(n, k, k)
-    try:
-        L = np.linalg.cholesky(G)
-        X = np.linalg.solve(L.transpose(0, 2, 1), np.linalg.solve(L, rhs[:, :, None]))[..., 0]
-    except np.linalg.LinAlgError:  # some row has fewer than k observations: go row by row
-        X = np.zeros((n, k))
-        for a in range(n):
-            lo, hi = reg.indptr[a], reg.indptr[a + 1]
-            if hi > lo:
-                X[a] = np.linalg.lstsq(B[reg.b[lo:hi]], reg.y[lo:hi], rcond=None)[0]
-    counter.add(2 * reg.nnz * k * k + reg.n_out * (k**3 / 3 + 2 * k * k))
+    G = counter.matmul(pattern, outer, "Gram").reshape(n, k, k)
+    deficient = reg.counts < k
+    G[deficient] = np.eye(k)
+    X = counter.solve(G, rhs, "k x k solves")
+    for a in np.flatnonzero(deficient):
+        lo, hi = reg.indptr[a], reg.indptr[a + 1]
+        X[a] = np.linalg.lstsq(B[reg.b[lo:hi]], reg.y[lo:hi], rcond=None)[0] if hi > lo else 0.0
     return X
-
-
-def _rowdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", A, B)
 
 
 def cg_solve(
@@ -218,104 +221,160 @@ def cg_solve(
     B: np.ndarray,
     X0: np.ndarray,
     steps: int,
-    counter: OpCounter,
+    counter: MultiplyAdds,
     *,
     precondition: np.ndarray | None = None,
+    tol: float | None = None,
+    history: list[float] | None = None,
 ) -> np.ndarray:
-    """A fixed number of (preconditioned) conjugate-gradient steps on every row's normal
+    """Up to ``steps`` (preconditioned) conjugate-gradient steps on every row's normal
     equations B_a^T B_a x_a = B_a^T y_a, all rows at once, warm-started at ``X0``.
 
-    Each step applies the design and its transpose once (4 |Omega| k flops) plus O(n k)
-    row-wise vector work: the cost is linear in k. ``precondition``, an (n, k, k) stack of
-    matrices P_a, runs the iteration with the preconditioner P_a P_a^T (each application adds
-    4 n k^2 flops); see :func:`sketch_solve`. Rows whose residual is already zero stop moving.
+    Each step applies the design and its transpose once (2 |Omega| k multiply-adds) plus
+    O(n k) row-wise vector work: nothing costs k^2. ``precondition``, an (n, k, k) stack of
+    matrices P_a (see :func:`sketch_preconditioner`), runs the iteration with the
+    preconditioner P_a P_a^T, which adds 2 n k^2 per step. Rows whose residual is already zero
+    stop moving. With ``tol``, stops as soon as every row's normal-equations residual
+    ||B_a^T (y_a - B_a x_a)|| is at most ``tol`` ||B_a^T y_a||; ``history`` (a list) receives
+    the largest such relative residual before the first step and after each step.
     """
     if steps < 0:
         raise ValueError(f"the number of CG steps must be >= 0, got {steps}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"the tolerance must be positive, got {tol}")
     n, k = X0.shape
     X = X0.copy()
     R = reg.apply_t(B, reg.y - reg.apply(B, X, counter), counter)  # B^T (y - B x)
-    counter.add(reg.nnz)
+    scale = None
+    if tol is not None or history is not None:
+        scale = np.maximum(np.linalg.norm(reg.apply_t(B, reg.y, MultiplyAdds()), axis=1),
+                           np.finfo(np.float64).tiny)  # uncharged: only for the stopping test
+
+    def converged() -> bool:
+        if scale is None:
+            return False
+        worst = float(np.max(np.linalg.norm(R, axis=1) / scale))
+        if history is not None:
+            history.append(worst)
+        return tol is not None and worst <= tol
 
     def prec(Rm: np.ndarray) -> np.ndarray:
         if precondition is None:
             return Rm
-        counter.add(4 * n * k * k)
-        half = np.einsum("akj,ak->aj", precondition, Rm)  # P_a^T r_a
-        return np.einsum("aij,aj->ai", precondition, half)  # P_a P_a^T r_a
+        half = counter.matmul(np.swapaxes(precondition, 1, 2), Rm[:, :, None],
+                              "apply preconditioner")  # P_a^T r_a
+        return counter.matmul(precondition, half, "apply preconditioner")[:, :, 0]
 
     Z = prec(R)
     D = Z.copy()
-    rz = _rowdot(R, Z)
+    rz = counter.rowdot(R, Z, "CG vector work")
     tiny = np.finfo(np.float64).tiny
     for _ in range(steps):
+        if converged():
+            break
         Q = reg.apply_t(B, reg.apply(B, D, counter), counter)
-        dq = _rowdot(D, Q)
+        dq = counter.rowdot(D, Q, "CG vector work")
         alpha = np.where(dq > tiny, rz / np.maximum(dq, tiny), 0.0)
-        X += alpha[:, None] * D
-        R -= alpha[:, None] * Q
+        X = counter.scale_add(alpha, D, X, "CG vector work")
+        R = counter.scale_add(-alpha, Q, R, "CG vector work")
         Z = prec(R)
-        rz_new = _rowdot(R, Z)
+        rz_new = counter.rowdot(R, Z, "CG vector work")
         beta = np.where(rz > tiny, rz_new / np.maximum(rz, tiny), 0.0)
-        D = Z + beta[:, None] * D
+        D = counter.scale_add(beta, D, Z, "CG vector work")
         rz = rz_new
-        counter.add(12 * n * k)
+    else:
+        converged()
     return X
+
+
+def count_sketch(reg: RowRegressions, size: int,
+                 rng: np.random.Generator) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """A block-diagonal CountSketch, one independent S_a per output row a: row a's
+    observations are hashed into ``size`` buckets with random signs.
+
+    Returned already composed with the row selection, as the sparse (n_out * size) x n_in
+    matrix whose block a maps B to S_a B_Omega_a; it has one +-1 per observed entry, so
+    sketching every row's design costs |Omega| k multiply-adds. (Entries of one row have
+    distinct b, so no two land on the same position of the matrix.) Also returns, per observed
+    entry, the sketch row it lands in (a * size + bucket) and its sign, to sketch the values.
+    """
+    if size < 1:
+        raise ValueError(f"the sketch size must be >= 1, got {size}")
+    bucket = rng.integers(0, size, size=reg.nnz)
+    sign = 2.0 * rng.integers(0, 2, size=reg.nnz) - 1.0
+    target = reg.a * size + bucket
+    S = sp.csr_matrix((sign, (target, reg.b)), shape=(reg.n_out * size, reg.n_in))
+    return S, target, sign
 
 
 def sketch_preconditioner(
     reg: RowRegressions,
     B: np.ndarray,
     rng: np.random.Generator,
-    counter: OpCounter,
+    counter: MultiplyAdds,
     *,
     oversample: int = 4,
-) -> np.ndarray:
+    return_sketch: bool = False,
+):
     """Per-row inverse triangular factors R_a^{-1} from a CountSketch of each row's design.
 
-    Row a's design B_Omega_a (|Omega_a| x k) is hashed into s = ``oversample`` * k buckets with
-    random signs (a CountSketch S_a, cost |Omega_a| k); the QR factor R_a of S_a B_Omega_a
-    makes B_Omega_a R_a^{-1} well conditioned with high probability (a subspace embedding).
+    Row a's design B_Omega_a (|Omega_a| x k) is hashed into s = ``oversample`` * k buckets
+    (:func:`count_sketch`, |Omega_a| k multiply-adds); the QR factor R_a of the small sketch
+    S_a B_Omega_a (s x k) makes B_Omega_a R_a^{-1} well conditioned with high probability.
     This is the sketch-and-precondition step of the paper's fast regression solver. Cost:
-    |Omega| k (sketch) + n (2 s k^2 + k^3 / 3) (QR and inversion), independent of |Omega_a|
-    apart from the sketch itself.
+    |Omega| k (sketch) + n_out (s k^2 - k^3 / 3) (QR) + n_out k^3 (inverse): the per-row
+    k^3 terms do not depend on |Omega_a|, so they are lower order once |Omega_a| >> k^2.
+    With ``return_sketch`` also returns the sketches (S_a B_Omega_a, S_a y_a) of every row,
+    shapes (n_out, s, k) and (n_out, s), for a sketch-and-solve start.
     """
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
     n, k = reg.n_out, B.shape[1]
     s = oversample * k
-    bucket = rng.integers(0, s, size=reg.nnz)
-    sign = rng.choice((-1.0, 1.0), size=reg.nnz)
-    S = sp.csr_matrix((sign, (reg.a * s + bucket, np.arange(reg.nnz))), shape=(n * s, reg.nnz))
-    SB = np.asarray(S @ B[reg.b]).reshape(n, s, k)
-    counter.add(2 * reg.nnz * k)
-    R = np.linalg.qr(SB, mode="r")
+    S, target, sign = count_sketch(reg, s, rng)
+    SB = counter.matmul(S, B, "sketch").reshape(n, s, k)
+    R = counter.qr_r(SB, "QR of the sketch")
     # A row observed fewer than k times has a singular R: regularise it so the inverse exists
     # (the preconditioned iteration then returns a least-squares solution on that row).
     scale = np.abs(R).max(axis=(1, 2), keepdims=True) + 1.0
     R = R + 1e-10 * scale * np.eye(k)
-    Rinv = np.linalg.inv(R)
-    counter.add(n * (2 * s * k * k + k**3 / 3))
-    return Rinv
+    Rinv = counter.inverse(R, "invert R")
+    if not return_sketch:
+        return Rinv
+    # S_a y_a for every row: the same hashing applied to the observed values
+    Sy = np.bincount(target, weights=sign * reg.y, minlength=n * s).reshape(n, s)
+    counter.charge(reg.nnz, "sketch")
+    return Rinv, SB, Sy
 
 
 def sketch_solve(
     reg: RowRegressions,
     B: np.ndarray,
-    X0: np.ndarray,
+    X0: np.ndarray | None,
     steps: int,
     rng: np.random.Generator,
-    counter: OpCounter,
+    counter: MultiplyAdds,
     *,
     oversample: int = 4,
+    tol: float | None = None,
+    history: list[float] | None = None,
 ) -> np.ndarray:
-    """The paper's high-accuracy regression solver in miniature: sketch-and-precondition, then
-    a few warm-started preconditioned conjugate-gradient steps (see :func:`sketch_preconditioner`
-    and :func:`cg_solve`). With the preconditioner each step contracts the error by a constant
-    factor whatever the conditioning of B_Omega_a, so O(log(1 / eps)) steps reach accuracy eps.
+    """The paper's high-accuracy regression solver: sketch-and-precondition, then ``steps``
+    preconditioned conjugate-gradient steps (see :func:`sketch_preconditioner` and
+    :func:`cg_solve`). With the preconditioner each step contracts the error by a constant
+    factor whatever the conditioning of B_Omega_a, so O(log(1 / eps)) steps reach accuracy
+    eps. ``X0=None`` starts from the sketch-and-solve solution argmin_x ||S_a (B_a x - y_a)||
+    (|Omega| + n_out (s k + 2 k^2) multiply-adds); otherwise the iteration is warm-started.
+    Total: O(steps |Omega| k + n_out k^3), against O(|Omega| k^2) for :func:`exact_solve`.
+    ``tol`` and ``history`` are passed to :func:`cg_solve` (stop at a relative residual).
     """
-    Rinv = sketch_preconditioner(reg, B, rng, counter, oversample=oversample)
-    return cg_solve(reg, B, X0, steps, counter, precondition=Rinv)
+    Rinv, SB, Sy = sketch_preconditioner(reg, B, rng, counter, oversample=oversample,
+                                         return_sketch=True)
+    if X0 is None:
+        g = counter.matmul(np.swapaxes(SB, 1, 2), Sy[:, :, None], "sketch-and-solve")
+        half = counter.matmul(np.swapaxes(Rinv, 1, 2), g, "sketch-and-solve")
+        X0 = counter.matmul(Rinv, half, "sketch-and-solve")[:, :, 0]
+    return cg_solve(reg, B, X0, steps, counter, precondition=Rinv, tol=tol, history=history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,8 +439,11 @@ def altmin(
     """Alternating minimization for matrix completion (the paper's main algorithm, after
     Jain et al. 2013), with exact or approximate row solves and an optional injected error.
 
-    One iteration: V <- solve(U) [+ error], V <- QR(V); U <- solve(V) [+ error], and the error
-    ||U V^T - M||_F / ||M||_F is recorded before U is orthonormalised by QR.
+    One iteration: V <- solve(U) [+ error], V <- QR(V); U <- solve(V) [+ error]. Two errors
+    ||U V^T - M||_F / ||M||_F are recorded before U is orthonormalised by QR: ``solve_errors``
+    for the U-update as the solver returned it (the error the iteration itself has converged
+    to, given a V that carries the previous injected error) and ``errors`` for the iterate
+    carried on (after the injected error of this half-step; the same when ``delta`` = 0).
 
     ``solver``: ``"exact"`` (normal equations per row, O(|Omega| k^2)), ``"cg"`` (``steps``
     warm-started conjugate-gradient steps, O(|Omega| k) per step) or ``"sketch"`` (CountSketch
@@ -406,24 +468,27 @@ def altmin(
     U, V_warm = spectral_init(problem, k, clip_mu=clip_mu)
     trace = AltMinTrace(solver=solver, init_error=relative_error(U, V_warm, problem.M))
 
-    def solve(reg: RowRegressions, B: np.ndarray, X0: np.ndarray, counter: OpCounter):
+    def solve(reg: RowRegressions, B: np.ndarray, X0: np.ndarray,
+              counter: MultiplyAdds) -> np.ndarray:
         if solver == "exact":
-            X = exact_solve(reg, B, counter)
-        elif solver == "cg":
-            X = cg_solve(reg, B, X0, steps, counter)
-        else:
-            X = sketch_solve(reg, B, X0, steps, rng, counter, oversample=oversample)
-        return perturb(X, delta, rng)
+            return exact_solve(reg, B, counter)
+        if solver == "cg":
+            return cg_solve(reg, B, X0, steps, counter)
+        return sketch_solve(reg, B, X0, steps, rng, counter, oversample=oversample)
 
     for _ in range(iterations):
-        counter = OpCounter()
+        counter = MultiplyAdds()
         start = time.perf_counter()
-        V_hat = solve(by_col, U, V_warm, counter)  # U V_hat^T is the current estimate
+        V_hat = perturb(solve(by_col, U, V_warm, counter), delta, rng)
         V, Rv = np.linalg.qr(V_hat)
-        U_hat = solve(by_row, V, U @ Rv.T, counter)  # warm start: the same estimate, new basis
+        # warm start: the current estimate U V_hat^T written in the new basis V
+        U_solved = solve(by_row, V, U @ Rv.T, counter)
         trace.seconds.append(time.perf_counter() - start)
-        trace.flops.append(counter.flops)
-        trace.errors.append(relative_error(U_hat, V, problem.M))
+        trace.madds.append(counter.total)
+        trace.solve_errors.append(relative_error(U_solved, V, problem.M))
+        U_hat = perturb(U_solved, delta, rng)
+        trace.errors.append(relative_error(U_hat, V, problem.M) if delta > 0
+                            else trace.solve_errors[-1])
         U, Ru = np.linalg.qr(U_hat)
         V_warm = V @ Ru.T
     trace.U, trace.V = U, V_warm
