@@ -58,6 +58,16 @@ def _project_(x: np.ndarray, radius: float) -> np.ndarray:
     return x
 
 
+def _default_delta(stream: SEAStream, delta: float | None) -> np.ndarray:
+    """delta per replicate, shape (n,): (2 G)^2 of the replicate's own stream unless given."""
+    if delta is None:
+        return (2.0 * stream.gradient_bound) ** 2
+    delta = float(delta)
+    if not delta > 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    return np.full(stream.n, delta)
+
+
 def optimistic_omd(
     stream: SEAStream,
     *,
@@ -72,8 +82,9 @@ def optimistic_omd(
     ``hint="last"`` uses M_t = grad f_{t-1}(x_{t-1}), the paper's choice; ``hint="zero"`` sets
     M_t = 0, which turns the method into plain (lazy-step) OMD, the non-optimistic ablation.
     ``schedule`` picks the convex (self-confident) or strongly convex (1 / (lam t)) step size,
-    see the module docstring. ``delta`` (convex schedule) defaults to (2 G)^2, an upper bound
-    on every ||g_t - M_t||^2, which the regret certificate needs. ``lam`` (strongly convex
+    see the module docstring. ``delta`` (convex schedule) defaults to (2 G)^2 with G the
+    replicate's own gradient bound (replicates never influence each other), an upper bound on
+    every ||g_t - M_t||^2, which the regret certificate needs. ``lam`` (strongly convex
     schedule) defaults to the stream's curvature and ``smoothness`` L to the stream's; L = 0
     means no cap on the step size.
     """
@@ -86,12 +97,10 @@ def optimistic_omd(
         raise ValueError(f"the smoothness constant must be non-negative, got {L}")
     cap = math.inf if L == 0 else 1.0 / (4.0 * L)
     if schedule == "convex":
-        delta = (2.0 * stream.gradient_bound) ** 2 if delta is None else float(delta)
-        if not delta > 0:
-            raise ValueError(f"delta must be positive, got {delta}")
+        delta = _default_delta(stream, delta)
     else:
-        lam = (stream.lam if stream.kind == "quadratic" else None) if lam is None else lam
-        if lam is None or not lam > 0:
+        lam = stream.strong_convexity if lam is None else lam
+        if not lam > 0:
             raise ValueError("the strongly convex schedule needs a positive lam")
 
     n, T, d = stream.means.shape
@@ -147,7 +156,7 @@ def ogd_adagrad(stream: SEAStream) -> OnlineRun:
 
 def ogd_strongly_convex(stream: SEAStream, lam: float | None = None) -> OnlineRun:
     """Projected OGD with eta_t = 1 / (lam t) (Hazan, Agarwal and Kale, 2007): O(log T) regret."""
-    lam = stream.lam if lam is None else float(lam)
+    lam = stream.strong_convexity if lam is None else float(lam)
     if not lam > 0:
         raise ValueError(f"lam must be positive, got {lam}")
     n, T, d = stream.means.shape
@@ -205,12 +214,11 @@ def sea_convex_bound(stream: SEAStream, delta: float | None = None) -> np.ndarra
     """
     if stream.kind != "linear":
         raise ValueError("the explicit bound is stated for linear streams (L = 0) only")
-    delta = (2.0 * stream.gradient_bound) ** 2 if delta is None else float(delta)
-    if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+    delta = _default_delta(stream, delta)
     sigma2 = np.cumsum(stream.sigma2, axis=1)
     Sigma2 = np.cumsum(stream.Sigma2, axis=1)
-    return (0.5 + math.sqrt(2.0)) * stream.diameter * np.sqrt(delta + 2.0 * sigma2 + Sigma2)
+    inside = delta[:, None] + 2.0 * sigma2 + Sigma2
+    return (0.5 + math.sqrt(2.0)) * stream.diameter * np.sqrt(inside)
 
 
 def sea_strongly_convex_rate(stream: SEAStream) -> np.ndarray:
@@ -226,4 +234,4 @@ def sea_strongly_convex_rate(stream: SEAStream) -> np.ndarray:
         raise ValueError("the strongly convex rate needs a quadratic (strongly convex) stream")
     peak = stream.sigma2_max + stream.Sigma2_max
     total = stream.sigma2_total + stream.Sigma2_total
-    return peak / stream.lam * np.log1p(total / peak)
+    return peak / stream.strong_convexity * np.log1p(total / peak)

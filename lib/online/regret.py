@@ -7,13 +7,15 @@ moving comparator u_1, ..., u_T; here u_t = argmin F_t, the optimum of the round
 
 For the streams of :mod:`lib.online.streams` every comparator has a closed form on the ball:
 linear prefix sums C_t give min_x <C_t, x> = -radius ||C_t||, and a sum of t quadratics with the
-same curvature is a single quadratic centred at the running mean of the c_s.
+same curvature H is a single quadratic centred at the running mean of the c_s, minimised over
+the ball by a projection in the H-norm (:func:`lib.online.projection.project_ball_metric`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lib.online.projection import project_ball_metric
 from lib.online.streams import SEAStream
 
 
@@ -43,7 +45,7 @@ def hindsight_minimisers(stream: SEAStream) -> np.ndarray:
         safe = np.where(norms > 0, norms, 1.0)
         return np.where(norms > 0, -stream.radius * cums / safe, 0.0)
     counts = np.arange(1, stream.T + 1)[None, :, None]
-    return project_ball(cums / counts, stream.radius)
+    return project_ball_metric(cums / counts, stream.curvature, stream.radius, diagonal=True)
 
 
 def hindsight_min_curve(stream: SEAStream) -> np.ndarray:
@@ -53,11 +55,12 @@ def hindsight_min_curve(stream: SEAStream) -> np.ndarray:
         return -stream.radius * np.linalg.norm(cums, axis=-1)
     counts = np.arange(1, stream.T + 1)[None, :]
     mean = cums / counts[..., None]
-    best = project_ball(mean, stream.radius)
-    sq = np.cumsum((stream.centres**2).sum(-1), axis=1)
-    # sum_s ||x - c_s||^2 = t ||x - mean||^2 + sum_s ||c_s||^2 - t ||mean||^2
-    inner = counts * ((best - mean) ** 2).sum(-1) + sq - counts * (mean**2).sum(-1)
-    return 0.5 * stream.lam * inner
+    h = stream.curvature
+    best = project_ball_metric(mean, h, stream.radius, diagonal=True)
+    sq = np.cumsum((h * stream.centres**2).sum(-1), axis=1)
+    # sum_s ||x - c_s||_H^2 = t ||x - mean||_H^2 + sum_s ||c_s||_H^2 - t ||mean||_H^2
+    inner = counts * (h * (best - mean) ** 2).sum(-1) + sq - counts * (h * mean**2).sum(-1)
+    return 0.5 * inner
 
 
 def regret_curve(stream: SEAStream, x: np.ndarray) -> np.ndarray:
@@ -78,10 +81,19 @@ def expected_minimisers(stream: SEAStream) -> np.ndarray:
     """u_t = argmin_{x in X} F_t(x) for every round, shape (n, T, d)."""
     mu = stream.means
     if stream.kind == "quadratic":
-        return project_ball(mu, stream.radius)
+        return project_ball_metric(mu, stream.curvature, stream.radius, diagonal=True)
     norms = np.linalg.norm(mu, axis=-1, keepdims=True)
     safe = np.where(norms > 0, norms, 1.0)
     return np.where(norms > 0, -stream.radius * mu / safe, 0.0)
+
+
+def path_length(stream: SEAStream) -> np.ndarray:
+    """P_T = sum_{t>=2} ||u_t - u_{t-1}|| of the comparators u_t = argmin F_t, per replicate: (n,).
+
+    The path length of the dynamic-regret bounds (Zinkevich, 2003; Chen et al., 2023).
+    """
+    u = expected_minimisers(stream)
+    return np.linalg.norm(np.diff(u, axis=1), axis=-1).sum(axis=1)
 
 
 def dynamic_regret_curve(stream: SEAStream, x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,13 @@ radius ``radius`` in R^d:
 * ``"linear"``: f_t(x) = <c_t, x> with c_t = mu_t + s_t u_t, u_t uniform on the unit sphere.
   Then grad f_t - grad F_t = s_t u_t, so sigma_t^2 = s_t^2 exactly (every draw has that norm),
   and Sigma_t^2 = ||mu_t - mu_{t-1}||^2.
-* ``"quadratic"``: f_t(x) = (lam / 2) ||x - c_t||^2 (lam-strongly convex and lam-smooth), with
-  the same c_t. Then sigma_t^2 = lam^2 s_t^2 and Sigma_t^2 = lam^2 ||mu_t - mu_{t-1}||^2 for
-  t >= 2; the first round's term is sup_x ||grad F_1(x)||^2 = lam^2 (radius + ||mu_1||)^2.
+* ``"quadratic"``: f_t(x) = (1 / 2) sum_i h_i (x_i - c_{t,i})^2 with the same c_t and a diagonal
+  curvature h (default h_i = lam: f_t = (lam / 2) ||x - c_t||^2, lam-strongly convex and
+  lam-smooth). Then sigma_t^2 = s_t^2 sum_i h_i^2 / d (the expectation over the sphere noise;
+  lam^2 s_t^2 for isotropic h) and Sigma_t^2 = ||h * (mu_t - mu_{t-1})||^2 for t >= 2; the first
+  round's term sup_x ||grad F_1(x)||^2 is max_i h_i^2 (radius + ||mu_1||)^2 for isotropic h and
+  that upper bound otherwise. With an ill-conditioned h the losses are barely strongly convex
+  (min_i h_i) but still exp-concave on the ball, the case of the paper's exp-concave result.
 
 Everything is batched: a stream holds ``n`` independent replicates (seeds, or different
 settings side by side), so one pass of an online algorithm runs all of them at once.
@@ -46,6 +50,7 @@ class SEAStream:
     directions: np.ndarray
     radius: float = 1.0
     lam: float = 1.0
+    curvature: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,6 +69,14 @@ class SEAStream:
             raise ValueError(f"lam must be positive, got {self.lam}")
         if np.any(self.scales < 0):
             raise ValueError("noise scales must be non-negative")
+        h = np.full(self.means.shape[2], float(self.lam)) if self.curvature is None else (
+            np.asarray(self.curvature, dtype=float))
+        if h.shape != (self.means.shape[2],):
+            raise ValueError(
+                f"curvature must have shape (d,) = ({self.means.shape[2]},), got {h.shape}")
+        if np.any(h < 0) or not h.max() > 0:
+            raise ValueError("curvature must be non-negative with a positive entry")
+        object.__setattr__(self, "curvature", h)
         # c_t is used at every round; compute it once.
         centres = self.means + self.scales[..., None] * self.directions
         object.__setattr__(self, "centres", centres)
@@ -91,22 +104,44 @@ class SEAStream:
 
     @property
     def smoothness(self) -> float:
-        """Smoothness constant L of the expected losses F_t (0 for linear, lam for quadratic)."""
-        return 0.0 if self.kind == "linear" else self.lam
+        """Smoothness L of the expected losses F_t (0 for linear, max_i h_i for quadratic)."""
+        return 0.0 if self.kind == "linear" else float(self.curvature.max())
 
     @property
-    def gradient_bound(self) -> float:
-        """G = max over rounds, replicates and the ball of ||grad f_t(x)||, the paper's G."""
-        norms = np.linalg.norm(self.centres, axis=-1)
+    def strong_convexity(self) -> float:
+        """Strong-convexity modulus of the losses (0 for linear, min_i h_i for quadratic)."""
+        return 0.0 if self.kind == "linear" else float(self.curvature.min())
+
+    @property
+    def exp_concavity(self) -> np.ndarray:
+        """An exp-concavity constant alpha of every f_t on the ball, per replicate: (n,).
+
+        For f = (1/2) ||x - c||_H^2, grad^2 f = H >= alpha grad f grad f^T holds on the ball when
+        alpha (x - c)^T H (x - c) <= 1, so alpha = 1 / (max_i h_i (radius + max_t ||c_t||)^2)
+        is one. Linear losses are not exp-concave (alpha = 0).
+        """
         if self.kind == "linear":
-            return float(norms.max())
-        return float(self.lam * (self.radius + norms.max()))
+            return np.zeros(self.n)
+        reach = self.radius + np.linalg.norm(self.centres, axis=-1).max(axis=1)
+        return 1.0 / (self.curvature.max() * reach**2)
+
+    @property
+    def gradient_bound(self) -> np.ndarray:
+        """G per replicate: max over its rounds and the ball of ||grad f_t(x)||, shape (n,).
+
+        One bound per replicate, never one for the whole batch: a learner tuned with it then
+        depends on its own stream only, so a replicate plays the same alone or batched.
+        """
+        norms = np.linalg.norm(self.centres, axis=-1).max(axis=1)
+        if self.kind == "linear":
+            return norms
+        return self.curvature.max() * (self.radius + norms)
 
     # ---- the losses the learner sees ------------------------------------------------------
     def gradient(self, t: int, x: np.ndarray) -> np.ndarray:
         """grad f_t(x) for all replicates at round ``t`` (0-based); ``x`` has shape (n, d)."""
         c = self.centres[:, t]
-        return c if self.kind == "linear" else self.lam * (x - c)
+        return c if self.kind == "linear" else self.curvature * (x - c)
 
     def losses(self, x: np.ndarray) -> np.ndarray:
         """f_t(x_t) for every replicate and round; ``x`` has shape (n, T, d) -> (n, T)."""
@@ -114,25 +149,25 @@ class SEAStream:
             raise ValueError(f"plays must have shape (n, T, d) = {self.means.shape}, got {x.shape}")
         if self.kind == "linear":
             return np.einsum("ntd,ntd->nt", self.centres, x)
-        return 0.5 * self.lam * ((x - self.centres) ** 2).sum(-1)
+        return 0.5 * (self.curvature * (x - self.centres) ** 2).sum(-1)
 
     # ---- the SEA quantities ---------------------------------------------------------------
     @property
     def sigma2(self) -> np.ndarray:
         """Per-round stochastic variance sigma_t^2, shape (n, T) (closed form, see module doc)."""
-        factor = 1.0 if self.kind == "linear" else self.lam**2
+        factor = 1.0 if self.kind == "linear" else float((self.curvature**2).mean())
         return factor * self.scales**2
 
     @property
     def Sigma2(self) -> np.ndarray:  # noqa: N802 (capital Sigma as in the paper)
         """Per-round adversarial variation Sigma_t^2 (with F_0 = 0), shape (n, T)."""
         previous = np.concatenate([np.zeros_like(self.means[:, :1]), self.means[:, :-1]], axis=1)
-        jumps = ((self.means - previous) ** 2).sum(-1)
         if self.kind == "linear":
-            return jumps
+            return ((self.means - previous) ** 2).sum(-1)
+        jumps = ((self.curvature * (self.means - previous)) ** 2).sum(-1)
         first = (self.radius + np.linalg.norm(self.means[:, 0], axis=-1)) ** 2
-        jumps[:, 0] = first
-        return self.lam**2 * jumps
+        jumps[:, 0] = self.curvature.max() ** 2 * first
+        return jumps
 
     @property
     def sigma2_total(self) -> np.ndarray:
@@ -157,8 +192,8 @@ class SEAStream:
     @property
     def realised_noise2(self) -> np.ndarray:
         """sum_t ||grad f_t - grad F_t||^2 as drawn (equal to sigma^2_{1:T} for sphere noise)."""
-        factor = 1.0 if self.kind == "linear" else self.lam**2
-        return factor * ((self.centres - self.means) ** 2).sum(-1).sum(-1)
+        h = 1.0 if self.kind == "linear" else self.curvature
+        return ((h * (self.centres - self.means)) ** 2).sum(-1).sum(-1)
 
 
 def _as_batch(array: np.ndarray, name: str) -> np.ndarray:
@@ -178,6 +213,7 @@ def sea_stream(
     kind: str = "linear",
     radius: float = 1.0,
     lam: float = 1.0,
+    curvature: np.ndarray | None = None,
     n: int | None = None,
 ) -> SEAStream:
     """Draw a SEA stream: loss parameters c_t = mu_t + s_t u_t with u_t uniform on the sphere.
@@ -185,6 +221,7 @@ def sea_stream(
     ``means`` is (T, d) (shared by all replicates) or (n, T, d). ``sigma`` is the noise radius
     s_t, broadcastable to (n, T): a scalar, an (n, 1) column (one value per replicate) or an
     (n, T) array (a schedule per replicate). ``n`` replicates the means when they are (T, d).
+    ``curvature`` (d,) is the diagonal h of a quadratic stream (default lam in every coordinate).
     """
     means = _as_batch(means, "means")
     sigma = np.asarray(sigma, dtype=float)
@@ -205,7 +242,8 @@ def sea_stream(
         raise ValueError("sigma must be finite and non-negative")
     directions = rng.standard_normal(means.shape)
     directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    return SEAStream(kind, means, scales.copy(), directions, radius=radius, lam=lam)
+    return SEAStream(kind, means, scales.copy(), directions, radius=radius, lam=lam,
+                     curvature=curvature)
 
 
 def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
