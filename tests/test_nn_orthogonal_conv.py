@@ -16,9 +16,12 @@ from lib.nn.orthogonal_conv import (
     orthogonal_kernel_example,
     orthogonality_errors,
     orthogonality_kind,
+    paper_spectral_bound,
     singular_values_dense,
     singular_values_fft,
+    size_assumption_holds,
     spectral_bound,
+    tiling_witness,
 )
 
 
@@ -112,8 +115,9 @@ def test_existence_examples_are_orthogonal_for_every_boundary():
                                                   [1, 2, 3], BOUNDARIES):
         if orthogonal_conv_exists(M, C, k, S, boundary).exists:
             K = orthogonal_kernel_example(M, C, k, S, boundary, rng)
-            err = orthogonality_errors(K, max(3, k), S, boundary)
-            assert err["spectral"] < 1e-10, (M, C, k, S, boundary)
+            for N in (max(3, k), 7):  # the window witness works at every size
+                err = orthogonality_errors(K, N, S, boundary)
+                assert err["spectral"] < 1e-10, (M, C, k, S, N, boundary)
 
 
 @pytest.mark.parametrize("M,C,k,S,boundary", [(6, 1, 3, 3, "zeros"), (16, 2, 3, 2, "valid"),
@@ -131,6 +135,61 @@ def test_minimizer_reaches_orthogonality_in_a_feasible_setting():
     for K in trace.kernels:
         s = singular_values_fft(K, 8, 2)
         assert np.all(np.abs(s - 1) < 1e-3)
+
+
+def test_tiling_search_agrees_with_large_image_conditions():
+    """Where the image is large enough for the border argument, a tap tiling exists exactly
+    when the conditions say an orthogonal layer does (the constructive half, by search)."""
+    checked = 0
+    for M, C, k, S, N, boundary in itertools.product([1, 2, 4, 5, 9], [1, 2], [1, 2, 3, 5],
+                                                     [1, 2, 3], [2, 4, 5], BOUNDARIES):
+        if S * N < k:
+            continue
+        K = tiling_witness(M, C, k, S, N, boundary)
+        if K is not None:
+            assert orthogonality_errors(K, N, S, boundary)["spectral"] < 1e-10
+        if size_assumption_holds(M, C, k, S, N, boundary):
+            assert (K is not None) == orthogonal_conv_exists(M, C, k, S, boundary).exists, (
+                M, C, k, S, N, boundary)
+            checked += 1
+    assert checked > 500
+
+
+def test_corner_taps_make_a_small_valid_layer_column_orthogonal():
+    # (5, 1, 3, 1), "valid", N = 4: 4 x 4 input, 2 x 2 output, the four corner taps tile it
+    assert not orthogonal_conv_exists(5, 1, 3, 1, "valid").exists
+    assert not size_assumption_holds(5, 1, 3, 1, 4, "valid")
+    K = tiling_witness(5, 1, 3, 1, 4, "valid")
+    assert K is not None
+    np.testing.assert_array_equal(np.abs(K[:, 0]).sum(axis=0) > 0,
+                                  [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
+    assert orthogonality_errors(K, 4, 1, "valid")["spectral"] < 1e-12
+    info = orthogonal_conv_exists(5, 1, 3, 1, "valid", N=4)
+    assert info.exists is True and "too small" in info.reason
+    # one size up the border argument applies and the large-image verdict stands
+    assert size_assumption_holds(5, 1, 3, 1, 5, "valid")
+    assert orthogonal_conv_exists(5, 1, 3, 1, "valid", N=5).exists is False
+    assert tiling_witness(5, 1, 3, 1, 5, "valid") is None
+    trace = minimize_orthogonality(5, 1, 3, 1, steps=300, lr=2e-2, restarts=2,
+                                   objective="dense", N=5, boundary="valid")
+    for K in trace.kernels:
+        assert orthogonality_errors(K, 5, 1, "valid")["spectral"] > 0.1
+
+
+def test_circular_conditions_hold_at_every_size():
+    for M, C, k, S, N in itertools.product([1, 3, 8], [1, 2], [1, 3], [1, 2], [1, 2, 3]):
+        assert size_assumption_holds(M, C, k, S, N, "circular")
+
+
+def test_paper_form_spectral_bound_holds_and_is_looser_for_ro():
+    rng = np.random.default_rng(6)
+    for M, C, k, S in [(4, 4, 3, 2), (16, 2, 3, 2), (6, 2, 3, 1), (8, 2, 3, 2)]:
+        K = 0.2 * rng.normal(size=(M, C, k, k))
+        L = max(l_orth(K, S), 0.0)
+        for N in (5, 8):
+            assert orthogonality_errors(K, N, S)["spectral"] <= paper_spectral_bound(
+                L, M, C, k, S) * (1 + 1e-12)
+    assert paper_spectral_bound(1.0, 4, 4, 3, 2) == pytest.approx(2 * spectral_bound(1.0, 3, 2))
 
 
 def test_bad_input():
@@ -157,3 +216,13 @@ def test_bad_input():
         minimize_orthogonality(2, 2, 3, 1, boundary="zeros")
     with pytest.raises(ValueError, match="squared norm"):
         spectral_bound(-1.0, 3, 1)
+    with pytest.raises(ValueError, match="squared norm"):
+        paper_spectral_bound(-1.0, 2, 2, 3, 1)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        tiling_witness(2, 1, 5, 1, 2, "valid")
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        size_assumption_holds(2, 1, 5, 1, 2, "valid")
+    with pytest.raises(ValueError, match="output size"):
+        size_assumption_holds(2, 1, 3, 1, 0, "zeros")
+    with pytest.raises(ValueError, match="boundary"):
+        tiling_witness(2, 1, 3, 1, 4, "reflect")

@@ -19,8 +19,9 @@ orthogonal (CO) when ``𝒦ᵀ 𝒦 = I`` (only if ``M >= C S²``).
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def orthogonality_kind(M: int, C: int, S: int) -> str:
 class Existence:
     """Whether an orthogonal convolution exists for one architecture, and why."""
 
-    exists: bool
+    exists: bool | None  # None: undecided (small image, see orthogonal_conv_exists)
     kind: str  # "RO", "CO" or "square"
     reason: str
     window: int  # side of the window a (possibly degenerate) orthogonal kernel is built on
@@ -96,15 +97,19 @@ class Existence:
 
 
 def orthogonal_conv_exists(
-    M: int, C: int, k: int, S: int, boundary: str = "circular"
+    M: int, C: int, k: int, S: int, boundary: str = "circular", N: int | None = None
 ) -> Existence:
     """Necessary and sufficient conditions for an orthogonal convolutional layer to exist.
 
-    Circular boundary (the paper's main existence theorem, Section 3): with ``M <= C S²``
-    (RO) an orthogonal layer exists iff ``M <= C k²``; with ``M >= C S²`` (CO) iff ``k >= S``.
+    Circular boundary (the paper's main existence theorem, Section 3; the same test is coded
+    in deel-lip's ``LorthRegularizer``): with ``M <= C S²`` (RO) an orthogonal layer exists
+    iff ``M <= C k²``; with ``M >= C S²`` (CO) iff ``k >= S``. Here these hold for every image
+    size: the necessity is a count of taps per row or of unread pixels, and the witness of
+    :func:`orthogonal_kernel_example` works for all ``N``.
 
-    Non-circular boundaries (Section 3 shows they are restrictive; the exact conditions below
-    are derived for this module's conventions and checked numerically in the tests). The
+    Non-circular boundaries (the paper shows they are restrictive; the exact conditions below
+    are this module's derivation for its conventions, checked numerically in the tests, and
+    they are **large-image** conditions: they hold once :func:`size_assumption_holds`). The
     rows (RO) or columns (CO) that meet the border lose kernel taps; requiring their norms to
     equal those of interior rows forces the lost taps to vanish, which leaves only kernels
     supported on a small window whose patches do not overlap:
@@ -114,9 +119,24 @@ def orthogonal_conv_exists(
     * ``"valid"``: RO iff ``M <= C k²`` (no row meets the border, as in the circular case);
       CO iff ``k == S`` (otherwise the border pixels are seen by too few outputs).
 
+    With ``N`` given, the verdict is for that output size: the large-image one where
+    :func:`size_assumption_holds`, otherwise ``True`` if :func:`tiling_witness` finds an
+    orthogonal kernel and ``None`` (undecided) if it does not.
+
     ``window`` and ``offset`` say where :func:`orthogonal_kernel_example` puts a kernel that
     proves existence.
     """
+    if N is not None:
+        large = orthogonal_conv_exists(M, C, k, S, boundary)
+        if size_assumption_holds(M, C, k, S, N, boundary):
+            return large
+        if tiling_witness(M, C, k, S, N, boundary) is not None:
+            return replace(large, exists=True,
+                           reason=f"at N = {N} the image is too small for the border argument, "
+                                  "and a tap-tiling kernel is orthogonal")
+        return replace(large, exists=None,
+                       reason=f"at N = {N} the image is too small for the border argument and "
+                              "no tap tiling is orthogonal: undecided")
     _check_shape(M, C, k, S)
     _check_boundary(boundary)
     kind = orthogonality_kind(M, C, S)
@@ -149,6 +169,138 @@ def orthogonal_conv_exists(
     return Existence(ok, kind, reason + (" holds" if ok else " fails"), w, p)
 
 
+def _taps_seen_1d(
+    k: int, S: int, N: int, boundary: str
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """One axis of the layer: for each output position, the taps that land inside the image;
+    for each input pixel, the ``(position, tap)`` pairs that read it. The 2-D layer is the
+    product of two such axes."""
+    L, n = S * N, _output_size(N, k, S, boundary)
+    p = (k - 1) // 2 if boundary == "zeros" else 0
+    seen: list[list[int]] = [[] for _ in range(n)]
+    readers: list[list[tuple[int, int]]] = [[] for _ in range(L)]
+    for i in range(n):
+        for a in range(k):
+            x = S * i + a - p
+            if boundary == "circular":
+                x %= L
+            elif not 0 <= x < L:
+                continue
+            seen[i].append(a)
+            readers[x].append((i, a))
+    return seen, readers
+
+
+def _shape_kind(M: int, C: int, k: int, S: int, N: int, boundary: str) -> str:
+    """``"RO"``, ``"CO"`` or ``"square"`` from the actual shape of the matrix at output size
+    ``N`` (for "valid" it can differ from :func:`orthogonality_kind`: fewer outputs)."""
+    n = _output_size(N, k, S, boundary)
+    rows, cols = M * n * n, C * (S * N) ** 2
+    return "RO" if rows < cols else ("CO" if rows > cols else "square")
+
+
+def size_assumption_holds(
+    M: int, C: int, k: int, S: int, N: int, boundary: str = "circular"
+) -> bool:
+    """Whether the image is large enough for the border argument behind the non-circular
+    conditions of :func:`orthogonal_conv_exists` (this book's derivation, not the paper's text).
+
+    The necessity half compares a row (RO) or column (CO) that meets the border with an
+    *interior* one that sees every tap of the kernel (RO) or every tap of its stride class (CO):
+    equal norms force the taps the border one misses to vanish. So it needs, per axis,
+
+    * circular: nothing (no border; the conditions hold for every ``N >= 1``);
+    * "valid", RO: nothing (no row meets the border);
+    * "valid", CO: an interior pixel in every stride class (unless ``k < S``: then some pixels
+      are never read at any size), and the matrix still taller than wide at this ``N``;
+    * "zeros", RO or square: an output position whose window lies inside the image;
+    * "zeros", CO: an interior pixel in every stride class that has taps.
+
+    Below these sizes orthogonal layers can exist that the large-image conditions rule out
+    (e.g. ``(M, C, k, S) = (5, 1, 3, 1)``, "valid", ``N = 4``: see :func:`tiling_witness`).
+    """
+    _check_shape(M, C, k, S)
+    _check_boundary(boundary)
+    _check_N(N)
+    if _output_size(N, k, S, boundary) < 1:
+        raise ValueError(f"input size S N = {S * N} is smaller than the kernel size k = {k}")
+    if boundary == "circular":
+        return True
+    kind = orthogonality_kind(M, C, S)
+    seen, readers = _taps_seen_1d(k, S, N, boundary)
+    if kind == "CO" and _shape_kind(M, C, k, S, N, boundary) != "CO":
+        return False
+    if boundary == "valid" and kind != "CO":
+        return True
+    if boundary == "zeros" and kind != "CO":
+        return any(len(taps) == k for taps in seen)
+    if boundary == "valid" and k < S:
+        return True
+    shift = (k - 1) // 2 if boundary == "zeros" else 0
+    for r in range(S):
+        taps = [a for a in range(k) if a % S == r]
+        if not taps:
+            continue
+        pixels = [x for x in range(S * N) if (x + shift) % S == r]
+        if not any(len(readers[x]) == len(taps) for x in pixels):
+            return False
+    return True
+
+
+def tiling_witness(
+    M: int,
+    C: int,
+    k: int,
+    S: int,
+    N: int,
+    boundary: str = "circular",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray | None:
+    """Search for a *tap-tiling* orthogonal kernel at output size ``N``, or return ``None``.
+
+    A tiling keeps the taps of a subset ``T`` of ``{0, ..., k-1}`` in each axis (``T x T`` in
+    2-D) and zeroes the rest, such that the patches of different outputs never share a pixel
+    and every output sees all of ``T`` (row-orthogonal shape), or every pixel is read exactly
+    once (column-orthogonal shape). Then the layer is orthogonal iff the ``M x C |T|²`` block
+    on ``T x T`` is: a random orthonormal block is placed there. This is the constructive half
+    of the existence conditions, found by exhaustive search over the ``2^k`` subsets instead
+    of being read off a formula; it also finds the small-image constructions the large-image
+    conditions miss (the four corner taps of a 3 x 3 kernel on a 4 x 4 "valid" image).
+    """
+    _check_shape(M, C, k, S)
+    _check_boundary(boundary)
+    _check_N(N)
+    if _output_size(N, k, S, boundary) < 1:
+        raise ValueError(f"input size S N = {S * N} is smaller than the kernel size k = {k}")
+    p = (k - 1) // 2 if boundary == "zeros" else 0
+    L, n = S * N, _output_size(N, k, S, boundary)
+    shape = _shape_kind(M, C, k, S, N, boundary)
+    rng = np.random.default_rng(0) if rng is None else rng
+    for size in range(k, 0, -1):
+        for T in itertools.combinations(range(k), size):
+            cols = C * size * size
+            pixels = []
+            for i in range(n):
+                for a in T:
+                    x = S * i + a - p
+                    x = x % L if boundary == "circular" else x
+                    pixels.append(x if 0 <= x < L else None)
+            inside = [x for x in pixels if x is not None]
+            if shape in ("RO", "square"):
+                ok = M <= cols and None not in pixels and len(set(pixels)) == len(pixels)
+            else:
+                ok = M >= cols and sorted(inside) == list(range(L))
+            if not ok:
+                continue
+            q, _ = np.linalg.qr(rng.normal(size=(max(M, cols), min(M, cols))))
+            block = q.T if M <= cols else q
+            K = np.zeros((M, C, k, k))
+            idx = np.array(T)
+            K[:, :, idx[:, None], idx[None, :]] = block.reshape(M, C, size, size)
+            return K
+    return None
+
+
 def orthogonal_kernel_example(
     M: int,
     C: int,
@@ -160,8 +312,9 @@ def orthogonal_kernel_example(
     """A kernel that makes the layer orthogonal, when :func:`orthogonal_conv_exists` says one
     exists: a random orthonormal ``M x C w²`` matrix placed on a ``w x w`` window (``w <= S``,
     so the patches of different outputs do not overlap and orthogonality reduces to that of
-    the small matrix). This is the constructive half of the existence conditions; the
-    regulariser finds non-degenerate orthogonal kernels as well (circular case).
+    the small matrix). It works at every image size. This is the constructive half of the
+    large-image conditions; the regulariser finds non-degenerate orthogonal kernels as well
+    (circular case).
     """
     info = orthogonal_conv_exists(M, C, k, S, boundary)
     if not info.exists:
@@ -360,6 +513,28 @@ def spectral_bound(L: float, k: int, S: int) -> float:
         raise ValueError(f"L_orth is a squared norm, got {L}")
     _check_shape(1, 1, k, S)
     return (2 * ((k - 1) // S) + 1) * math.sqrt(L)
+
+
+def paper_spectral_bound(L: float, M: int, C: int, k: int, S: int) -> float:
+    """The spectral-error bound in the form deel-lip's ``Lorth`` code carries it.
+
+    deel-lip (the library of the paper's third author's institute, whose ``LorthRegularizer``
+    cites the paper) stores a constant ``alpha = M (2⌊(k-1)/S⌋ + 1)²`` in the RO case and
+    ``alpha = C (2k - 1)²`` in the CO case (``_alphaNormSpectral``); we read it as the paper's
+    Section 4 bound ``err_s <= sqrt(alpha L)``, with ``L = L_orth`` (RO) or
+    ``L_orth - (M - C S²)`` (CO; the square case takes the smaller constant). We could not
+    check this reading against the paper's text; the chapter checks the bound numerically.
+    For RO it is looser than :func:`spectral_bound` by ``sqrt(M)``.
+    """
+    if L < 0:
+        raise ValueError(f"L_orth is a squared norm, got {L}")
+    _check_shape(M, C, k, S)
+    alphas = []
+    if M <= C * S**2:
+        alphas.append(M * (2 * ((k - 1) // S) + 1) ** 2)
+    if M >= C * S**2:
+        alphas.append(C * (2 * k - 1) ** 2)
+    return math.sqrt(min(alphas) * L)
 
 
 # --------------------------------------------------------------------------------------------
