@@ -229,3 +229,98 @@ def test_bad_inputs_raise_clear_errors():
         cycle_counts(CYCLE12, (2,))
     with pytest.raises(ValueError, match="as many targets"):
         pack_graphs([CYCLE12], [1.0, 2.0], d=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# BasisNet baseline and the numeric stability bound (lib.graphs.spe_stability_bound)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_basisnet_groups_eigenspaces_and_is_basis_invariant_but_jumps_when_they_split():
+    from lib.graphs.positional_encodings import BasisNetPE
+
+    torch.manual_seed(0)
+    A = nx.to_numpy_array(nx.cycle_graph(12))
+    net = BasisNetPE(5, out_dim=4, hidden=8)
+    lam, V = laplacian_eigs(A, 5)
+    groups = net.eigenspaces(lam)
+    assert [len(g) for g in groups] == [1, 2, 2]
+    rng = np.random.default_rng(0)
+    R = V.copy()
+    for block in ([1, 2], [3, 4]):
+        Q, _ = np.linalg.qr(rng.standard_normal((2, 2)))
+        R[:, block] = V[:, block] @ Q
+    net.double()
+    with torch.no_grad():
+        out = net(torch.from_numpy(lam)[None], torch.from_numpy(V)[None])
+        out_r = net(torch.from_numpy(lam)[None], torch.from_numpy(R)[None])
+    assert out.shape == (1, 12, 4)
+    assert (out - out_r).abs().max().item() < 1e-12
+    E = random_edge_perturbation(A, rng)
+    # the split (~1e-2) exceeds the rounding: the partition changes and the output jumps
+    assert sensitivity(lambda B: encode_graph(net, B, 5), A, E, 1e-2) > 10
+    with pytest.raises(ValueError, match="need lam"):
+        net(torch.from_numpy(lam[:4])[None], torch.from_numpy(V[:, :4])[None])
+    with pytest.raises(ValueError, match="d must be positive"):
+        BasisNetPE(0)
+    with pytest.raises(ValueError, match="decimals"):
+        BasisNetPE(3, decimals=-1)
+
+
+def test_stability_bound_constants_are_upper_bounds():
+    from lib.graphs.spe_stability_bound import (
+        mlp_lipschitz,
+        phi_channel_constants,
+        spe_rho_lipschitz,
+        spe_stability_constant,
+    )
+
+    torch.manual_seed(1)
+    spe = SPE(m=3, out_dim=4, hidden=8, rho="mlp", activation="tanh").double()
+    K, M = phi_channel_constants(spe.phi, 0.0, 4.0)
+    xs = torch.linspace(0, 4, 20001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        h = spe.phi(xs).numpy()
+    slopes = np.abs(np.diff(h, axis=0)) / (4 / 20000)
+    assert np.all(slopes.max(axis=0) <= K + 1e-9)
+    assert np.all(np.abs(h).max(axis=0) <= M + 1e-12)
+    # the MLP bound dominates measured difference quotients
+    seq = spe.rho[0]
+    x, y = torch.randn(200, 4, dtype=torch.float64), torch.randn(200, 4, dtype=torch.float64)
+    with torch.no_grad():
+        q = (seq(x) - seq(y)).norm(dim=1) / (x - y).norm(dim=1)
+    assert q.max().item() <= mlp_lipschitz(seq)
+    J = spe_rho_lipschitz(spe, 12)
+    assert J == pytest.approx(np.sqrt(12) * mlp_lipschitz(seq))
+    # the bound holds on a cycle (d = 5 ends at a gap)
+    A = nx.to_numpy_array(nx.cycle_graph(12))
+    lam = np.linalg.eigvalsh(laplacian(A))
+    K, M = phi_channel_constants(spe.phi, -0.1, lam[5])
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        E = random_edge_perturbation(A, rng)
+        dL = np.linalg.norm(laplacian(A + 1e-3 * E) - laplacian(A))
+        C = spe_stability_constant(K, M, J, lam[5] - lam[4], dL)
+        assert sensitivity(lambda B: encode_graph(spe, B, 5), A, E, 1e-3) <= C
+    assert spe_stability_constant(K, M, J, np.inf, 0.0) == pytest.approx(J * np.linalg.norm(K))
+    assert spe_stability_constant(K, M, J, 0.1, 0.06) == float("inf")
+    gin = SPE(m=2, out_dim=3, hidden=4, rho="gin")
+    assert spe_rho_lipschitz(gin, 12, A) > 0
+    with pytest.raises(ValueError, match="adjacency"):
+        spe_rho_lipschitz(gin, 12)
+    with pytest.raises(ValueError, match="must be"):
+        spe_rho_lipschitz(gin, 12, A[:5, :5])
+    with pytest.raises(ValueError, match="SPE module"):
+        spe_rho_lipschitz(torch.nn.Linear(2, 2), 3)
+    with pytest.raises(ValueError, match="one-hidden-layer"):
+        phi_channel_constants(seq, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        phi_channel_constants(spe.phi, 1.0, 0.0)
+    with pytest.raises(ValueError, match="Sequential"):
+        mlp_lipschitz(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="only Linear"):
+        mlp_lipschitz(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sigmoid()))
+    with pytest.raises(ValueError, match="non-negative vectors"):
+        spe_stability_constant(-K, M, J, 1.0, 0.0)
+    with pytest.raises(ValueError, match="non-negative, got"):
+        spe_stability_constant(K, M, J, 1.0, -1.0)

@@ -11,8 +11,10 @@ on the n x n x m tensor. Eigenvectors enter only through these eigenvalue-weight
 projections, so any orthonormal basis of a repeated eigenspace gives the same output (basis
 invariance), and the output moves continuously with L as long as phi and rho are Lipschitz and
 lambda_{d+1} > lambda_d (the stability theorem of Section 3). The baselines are the raw
-eigenvectors (LapPE) and a SignNet-style network phi(v) + phi(-v) (Lim et al., 2023), which is
-invariant to sign flips but not to rotations inside an eigenspace.
+eigenvectors (LapPE), a SignNet-style network phi(v) + phi(-v) (Lim et al., 2023), which is
+invariant to sign flips but not to rotations inside an eigenspace, and a BasisNet-style network
+on eigenspace projectors (Lim et al., 2023), which is basis invariant but partitions the
+spectrum into eigenspaces by hard rounding.
 
 Everything is dense: the graphs here have tens of nodes.
 """
@@ -315,10 +317,77 @@ class SignNetPE(nn.Module):
         return self.rho(h) * mask[..., None]
 
 
+class BasisNetPE(nn.Module):
+    """A BasisNet-style encoding (Lim et al., 2023): networks on the projector of each eigenspace.
+
+    Following the official SPE code's BasisNet baseline (``get_projections`` and ``BasisInvPE``
+    in github.com/Graph-COM/SPE): the d eigenvalues are rounded to ``decimals`` places, equal
+    rounded values form one eigenspace with projector P = V_k V_k^T, and a network phi_k chosen
+    by the eigenspace's dimension k maps P to k features per node. The features are concatenated
+    (grouped by dimension, in eigenvalue order), zero-padded to d, joined with the eigenvalues,
+    and read by rho. Here phi_k is an MLP on each entry (P_ij, [i = j]) summed over j, then an
+    MLP to k outputs (the official code uses a 2-to-1 invariant graph network); rho is an MLP.
+
+    Projectors do not depend on the basis, so the encoding is basis invariant; but the grouping
+    is a hard partition: when a perturbation splits an eigenvalue by more than the rounding,
+    the eigenspace falls apart into lines that are processed separately, and the output jumps.
+    """
+
+    def __init__(self, d: int, out_dim: int = 8, hidden: int = 16, activation: str = "tanh",
+                 decimals: int = 5) -> None:
+        super().__init__()
+        if d < 1:
+            raise ValueError(f"d must be positive, got {d}")
+        if decimals < 0:
+            raise ValueError(f"decimals must be non-negative, got {decimals}")
+        self.d, self.decimals = d, decimals
+        self.phi_in = nn.ModuleList(mlp([2, hidden, hidden], activation) for _ in range(d))
+        self.phi_out = nn.ModuleList(mlp([hidden, hidden, k], activation)
+                                     for k in range(1, d + 1))
+        self.rho = mlp([2 * d, hidden, out_dim], activation)
+        self.out_dim = out_dim
+
+    def eigenspaces(self, lam: np.ndarray) -> list[np.ndarray]:
+        """Index groups of equal eigenvalues after rounding (the official code's partition)."""
+        rounded = np.round(np.asarray(lam, dtype=float), self.decimals)
+        _, first, inverse = np.unique(rounded, return_index=True, return_inverse=True)
+        return [np.flatnonzero(inverse == g) for g in np.argsort(first)]
+
+    def forward(
+        self,
+        lam: torch.Tensor,
+        V: torch.Tensor,
+        A: torch.Tensor | None = None,
+        node_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """lam (B, d), V (B, n, d) with d as at construction; A is not used."""
+        if lam.dim() != 2 or V.dim() != 3 or lam.shape != (V.shape[0], V.shape[2]) \
+                or V.shape[2] != self.d:
+            raise ValueError(f"need lam (B, {self.d}) and V (B, n, {self.d}); got "
+                             f"{tuple(lam.shape)}, {tuple(V.shape)}")
+        mask = _node_mask(V, node_mask)
+        n = V.shape[1]
+        eye = torch.eye(n, dtype=V.dtype, device=V.device)
+        outputs = []
+        for b in range(V.shape[0]):
+            groups = self.eigenspaces(lam[b].detach().cpu().numpy())
+            feats = []
+            for k in sorted({len(g) for g in groups}):  # grouped by dimension, as officially
+                for g in (g for g in groups if len(g) == k):
+                    Vk = V[b][:, torch.as_tensor(g, device=V.device)]
+                    P = Vk @ Vk.T  # the eigenspace's projector: basis independent
+                    h = self.phi_in[k - 1](torch.stack([P, eye], dim=-1)).sum(dim=1)
+                    feats.append(self.phi_out[k - 1](h))  # (n, k)
+            x = torch.cat(feats, dim=-1)  # (n, d)
+            x = torch.cat([x, lam[b].expand(n, -1)], dim=-1)
+            outputs.append(self.rho(x))
+        return torch.stack(outputs) * mask[..., None]
+
+
 def encode_graph(
     model: nn.Module, A: np.ndarray, d: int, normalized: bool = False
 ) -> np.ndarray:
-    """Run an encoder (SPE or SignNetPE) on one graph in float64; returns the (n, p) encoding.
+    """Run an encoder (SPE, SignNetPE, BasisNetPE) on one graph in float64: the (n, p) output.
 
     The encoder's parameters are cast to float64 in place: differences of order 1e-8 must not
     drown in float32 rounding when stability is measured.
