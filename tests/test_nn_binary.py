@@ -14,12 +14,15 @@ from lib.nn.binary import (
     equilibrium_indicators,
     estimating_error,
     gradient_instability,
+    indicator_logger,
     o_schedule,
     power_forward,
     reste_derivative,
     set_estimator,
     ste_derivative,
+    summarize_indicators,
     surrogate_derivative,
+    training_indicators,
 )
 from lib.nn.digits import accuracy, load_digits_split, train_classifier
 
@@ -145,6 +148,36 @@ def test_equilibrium_indicators_trade_off_and_restore_state():
     layers = [m for m in model.modules() if isinstance(m, BinaryLinear)]
     assert all(m.estimator == "ste" and m.params == {"clip": 1.0} for m in layers)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_indicators_logged_during_training_as_the_official_code():
+    data = load_digits_split(0)
+    torch.manual_seed(0)
+    model = binary_mlp(64, 10, hidden=16, n_binary=2, estimator="reste", o=1.0, t=1.5)
+    seen = []
+
+    def end(epoch, net):  # the hook sees the epoch's last step: weights after it, its gradient
+        layers = [m for m in net.modules() if isinstance(m, BinaryLinear)]
+        seen.append((sum(estimating_error(m.weight, 3.0) for m in layers),
+                     sum(float(m.weight.grad.abs().var()) for m in layers)))
+        return indicator_logger(3.0)(epoch, net)
+
+    log = train_classifier(model, data, epochs=2, batch_size=512, seed=0, on_epoch_end=end)
+    assert len(log.extra["estimating_error"]) == 2 and len(log.extra["instability"]) == 2
+    np.testing.assert_allclose(log.extra["estimating_error"], [e for e, _ in seen], rtol=1e-6)
+    np.testing.assert_allclose(log.extra["instability"], [v for _, v in seen], rtol=1e-6)
+    mean_error, total = summarize_indicators(log.extra)
+    assert math.isclose(mean_error, np.mean([e for e, _ in seen]), rel_tol=1e-6)
+    assert math.isclose(total, sum(v for _, v in seen), rel_tol=1e-6)
+    error_now, instability_now = training_indicators(model, 3.0)
+    assert math.isclose(error_now, seen[-1][0], rel_tol=1e-6)
+    assert math.isclose(instability_now, seen[-1][1], rel_tol=1e-6)
+    with pytest.raises(ValueError, match="no gradient"):
+        training_indicators(binary_mlp(4, 2, hidden=4), 2.0)
+    with pytest.raises(ValueError, match="no logged indicators"):
+        summarize_indicators({})
+    with pytest.raises(ValueError, match="exponent o"):
+        indicator_logger(0.5)
 
 
 def test_bad_inputs_raise():

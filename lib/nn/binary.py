@@ -21,12 +21,19 @@ option computes them on the latent weights of every binary layer:
 
 * estimating error ``||f_o(w) - sign(w)||_2`` (:func:`estimating_error`), and
 * gradient (in)stability ``Var(|dL/dw|)`` (:func:`gradient_instability`).
+
+The official code logs both *during training* (:func:`indicator_logger`): after every
+optimiser step, the estimating error at ``o_end`` on the current latent weights and the
+instability of that step's weight gradients, summed over the binary layers; each epoch keeps
+its last mini-batch's values, and a run is summarised by the mean estimating error over epochs
+and the total instability (:func:`summarize_indicators`). :func:`equilibrium_indicators`
+evaluates the same two quantities after training, for any exponent, on a trained model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +217,46 @@ def gradient_instability(grad: torch.Tensor) -> float:
     if grad.numel() < 2:
         raise ValueError("the variance of a gradient needs at least two entries")
     return float(grad.detach().abs().flatten().var())
+
+
+def training_indicators(model: nn.Module, o: float) -> tuple[float, float]:
+    """The two indicators of ``model`` as it stands, summed over its binary layers: the
+    estimating error at exponent ``o`` on the latent weights, and ``Var(|grad|)`` of the
+    gradients currently stored in the weights' ``.grad`` (the official ``--cal_ind`` step,
+    ``get_fitting_error`` and ``get_stability_var``, called right after ``optimizer.step()``)."""
+    _check_o(o)
+    layers = binary_layers(model)
+    if not layers:
+        raise ValueError("the model has no BinaryLinear layer")
+    if any(m.weight.grad is None for m in layers):
+        raise ValueError("a binary layer has no gradient: call after backward()")
+    error = sum(estimating_error(m.weight, o) for m in layers)
+    instability = sum(gradient_instability(m.weight.grad) for m in layers)
+    return float(error), float(instability)
+
+
+def indicator_logger(o_end: float) -> Callable[[int, nn.Module], dict[str, float]]:
+    """An ``on_epoch_end(epoch, model)`` hook for :func:`lib.nn.digits.train_classifier` that
+    logs the paper's indicators during training as the official code does: at the end of each
+    epoch (after its last optimiser step, whose gradient is still stored) the estimating error
+    at the schedule's final exponent ``o_end`` and the gradient instability, as
+    ``"estimating_error"`` and ``"instability"`` in ``TrainLog.extra``."""
+    _check_o(o_end)
+
+    def hook(epoch: int, model: nn.Module) -> dict[str, float]:
+        error, instability = training_indicators(model, o_end)
+        return {"estimating_error": error, "instability": instability}
+
+    return hook
+
+
+def summarize_indicators(extra: dict[str, list[float]]) -> tuple[float, float]:
+    """A run's summary of the logged indicators, as the official code reports it: the mean of
+    the per-epoch estimating errors and the *sum* of the per-epoch instabilities."""
+    if not extra.get("estimating_error") or not extra.get("instability"):
+        raise ValueError("no logged indicators: train with on_epoch_end=indicator_logger(o_end)")
+    errors, instabilities = extra["estimating_error"], extra["instability"]
+    return float(sum(errors) / len(errors)), float(sum(instabilities))
 
 
 def equilibrium_indicators(

@@ -3,8 +3,9 @@
 ``load_digits_split`` gives standardised train/test tensors from
 :func:`sklearn.datasets.load_digits`; ``train_classifier`` runs full-batch or mini-batch
 training of any ``torch.nn.Module`` with a logged history (loss, train and test accuracy per
-epoch) and an optional per-epoch hook, so chapters can schedule hyper-parameters of their own
-(an estimator's exponent, a temperature, ...) without writing another loop.
+epoch) and optional hooks at the start and end of each epoch, so chapters can schedule
+hyper-parameters of their own (an estimator's exponent, a temperature, ...) or log quantities
+during training without writing another loop.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def train_classifier(
     cosine: bool = False,
     seed: int = 0,
     on_epoch_start: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
 ) -> TrainLog:
     """Train ``model`` with cross-entropy on ``data``; return the per-epoch log.
 
@@ -110,7 +112,10 @@ def train_classifier(
     reshuffled every epoch by a generator seeded with ``seed``. ``optimizer`` is ``"adam"`` or
     ``"sgd"`` (with ``momentum``); ``cosine`` anneals the learning rate to zero over the run.
     ``on_epoch_start(epoch, model)`` runs before each epoch (to schedule a hyper-parameter);
-    any numbers it returns are logged in ``TrainLog.extra``.
+    any numbers it returns are logged in ``TrainLog.extra``. ``on_epoch_end(epoch, model)`` runs
+    right after the epoch's last optimiser step, while the parameters' ``.grad`` still hold
+    that last mini-batch's gradient (to log quantities during training, as the official code of
+    some papers does); its numbers are logged in ``TrainLog.extra`` too.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -147,6 +152,9 @@ def train_classifier(
             opt.step()
             total += loss.item() * X.shape[0]
             seen += X.shape[0]
+        if on_epoch_end is not None:
+            for key, value in (on_epoch_end(epoch, model) or {}).items():
+                log.extra.setdefault(key, []).append(float(value))
         if schedule is not None:
             schedule.step()
         log.loss.append(total / seen)
