@@ -10,6 +10,7 @@ from lib.nn.stablemax import (
     PerpAdamW,
     absorbed_mass,
     collapse_threshold,
+    float_dtype,
     nlm_cosine,
     project_out_parallel_,
     runner_up_term,
@@ -86,6 +87,12 @@ def test_collapse_detection_on_constructed_logits():
     assert softmax_collapse_mask(z, 32).tolist() == [False, False, True, True]
     assert softmax_collapse_mask(z, 64).tolist() == [False, False, False, True]
     assert softmax_collapse_fraction(z, 32) == 0.5
+    for bits in (16, 32, 64):  # clear-cut margins: every variant agrees
+        assert torch.equal(softmax_collapse_mask(z, bits, labels=y), softmax_collapse_mask(z, bits))
+        assert torch.equal(softmax_collapse_mask(z, bits, method="denominator"),
+                           softmax_collapse_mask(z, bits))
+    # a misclassified sample keeps a positive loss even when its softmax is one-hot
+    assert not softmax_collapse_mask(z[3:], 32, labels=torch.tensor([1])).any()
     # collapse of a correctly classified sample: its loss is exactly zero, and so is the
     # gradient on its correct logit (softmax_y - 1 with softmax_y rounded to 1); only the tiny
     # push e^-gap on the other logits is left
@@ -105,17 +112,37 @@ def test_collapse_detection_on_constructed_logits():
     assert collapse_threshold(32) == 2.0**-24 and collapse_threshold(64) == 2.0**-53
 
 
+@pytest.mark.parametrize("method", ["loss", "denominator"])
 @pytest.mark.parametrize("bits", [16, 32, 64])
-def test_collapse_is_bracketed_by_absorbed_mass_and_runner_up_term(bits):
+def test_collapse_is_bracketed_by_absorbed_mass_and_runner_up_term(bits, method):
     g = torch.Generator().manual_seed(bits)
     # margins spread around the collapse threshold of every format
     z = torch.zeros(400, 30, dtype=torch.float64)
     z[:, 1:] = -torch.rand(400, 29, generator=g, dtype=torch.float64) * 60 - 2
-    mask = softmax_collapse_mask(z, bits)
+    mask = softmax_collapse_mask(z, bits, method=method)
     u = collapse_threshold(bits)
     assert (mask >= (absorbed_mass(z) <= u)).all()  # sufficient
     assert (mask <= (runner_up_term(z) <= u)).all()  # necessary
     assert torch.equal(runner_up_term(z), z[:, 1:].exp().amax(dim=1))
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_collapse_mask_is_exactly_a_zero_cross_entropy(bits):
+    # logits at the edge of collapse, shifted by large offsets: the default mask must say
+    # "loss exactly 0" sample by sample, as torch's own cross-entropy in that format does
+    g = torch.Generator().manual_seed(10 + bits)
+    n, k = 3000, 47
+    margin = -math.log(collapse_threshold(bits))  # runner-up term e^-margin = u
+    z = torch.zeros(n, k, dtype=torch.float64)
+    offset = 6 * torch.rand(n, 1, generator=g, dtype=torch.float64)  # per row, around the edge
+    z[:, 1:] = -(margin + offset + 3 * torch.rand(n, k - 1, generator=g, dtype=torch.float64))
+    z += 40 * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.long)
+    zb = z.to(float_dtype(bits))
+    zero = torch.nn.functional.cross_entropy(zb, y, reduction="none") == 0
+    assert 0.05 < zero.float().mean() < 0.95  # the sample straddles the edge
+    assert torch.equal(softmax_collapse_mask(z, bits, labels=y), zero)
+    assert torch.equal(softmax_collapse_mask(z, bits), zero)
 
 
 def test_projection_removes_the_parallel_component_exactly():
@@ -123,13 +150,13 @@ def test_projection_removes_the_parallel_component_exactly():
     w = torch.nn.Parameter(torch.randn(7, 5, generator=g, dtype=torch.float64))
     grad = torch.randn(7, 5, generator=g, dtype=torch.float64)
     w.grad = grad.clone()
-    project_out_parallel_([w])
+    project_out_parallel_([w], rescale=False)
     theta = w.detach()
     assert abs(float((w.grad * theta).sum())) < 1e-12 * float(theta.norm() * grad.norm())
     coeff = (grad * w.detach()).sum() / (w.detach() ** 2).sum()
     torch.testing.assert_close(w.grad + coeff * w.detach(), grad)  # the two parts add back up
     once = w.grad.clone()
-    project_out_parallel_([w])
+    project_out_parallel_([w], rescale=False)
     torch.testing.assert_close(w.grad, once)  # idempotent
     zero = torch.nn.Parameter(torch.zeros(3))
     zero.grad = torch.ones(3)
@@ -137,10 +164,29 @@ def test_projection_removes_the_parallel_component_exactly():
     assert torch.equal(zero.grad, torch.ones(3))
 
 
-def test_perp_adamw_ignores_a_pure_scaling_gradient():
+def test_rescaled_projection_keeps_the_gradient_norm():
+    g = torch.Generator().manual_seed(2)
+    w = torch.nn.Parameter(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    grad = torch.randn(6, 4, generator=g, dtype=torch.float64) + 0.7 * w.detach()
+    w.grad = grad.clone()
+    project_out_parallel_([w])  # default: the official OrthoGrad, rescaled
+    theta = w.detach()
+    assert abs(float((w.grad * theta).sum())) < 1e-12 * float(theta.norm() * grad.norm())
+    torch.testing.assert_close(w.grad.norm(), grad.norm())
+    plain = grad - (grad * theta).sum() / (theta * theta).sum() * theta
+    torch.testing.assert_close(w.grad, plain * grad.norm() / plain.norm())
+    # a pure scaling gradient has no perpendicular part: zero, not rescaled rounding noise
+    w.grad = 3.0 * theta.clone()
+    project_out_parallel_([w])
+    assert w.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_perp_adamw_ignores_a_pure_scaling_gradient(rescale):
     w = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
     before = w.detach().clone()
-    opt = PerpAdamW([w], lr=0.1, eps=1e-25, weight_decay=0.0)
+    opt = PerpAdamW([w], lr=0.1, eps=1e-25, weight_decay=0.0, rescale=rescale)
+    assert opt.rescale is rescale
     w.grad = -5.0 * w.detach().clone()  # the naive-loss-minimisation gradient: grow the weights
     opt.step()
     torch.testing.assert_close(w.detach(), before)
@@ -198,6 +244,10 @@ def test_bad_inputs_raise():
         softmax_cross_entropy(z, y, bits=8)
     with pytest.raises(ValueError, match="2-D"):
         softmax_collapse_mask(torch.zeros(4))
+    with pytest.raises(ValueError, match="method must be one of"):
+        softmax_collapse_mask(z, method="sum")
+    with pytest.raises(ValueError, match="one entry per sample"):
+        softmax_collapse_fraction(z, labels=torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="at least two classes"):
         stablemax_cross_entropy(torch.zeros(3, 1), y)
     with pytest.raises(ValueError, match="one entry per sample"):

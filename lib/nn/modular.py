@@ -150,19 +150,24 @@ def train_modular(
     flush_denormal: bool = True,
     model: nn.Module | None = None,
     keep_logits_every: int | None = None,
+    perp_rescale: bool = True,
 ) -> tuple[nn.Module, Trajectory]:
     """Full-batch training on modular addition; returns the model and its :class:`Trajectory`.
 
     ``loss`` is ``"softmax"`` (cross-entropy with the log-softmax in ``bits`` = 16, 32 or 64
     bits) or ``"stablemax"`` (StableMax cross-entropy in float64). ``optimizer`` is ``"adamw"``
-    or ``"perp_adamw"`` (⊥AdamW). The defaults are the paper's: lr 0.01, betas (0.9, 0.99) and a
-    tiny Adam epsilon (1e-25), so that Adam's denominator does not hide a vanishing gradient.
+    or ``"perp_adamw"`` (⊥AdamW; ``perp_rescale`` keeps the full gradient's norm as the official
+    ``OrthoGrad`` does, False is the plain projection). The defaults are the paper's: lr 0.01,
+    betas (0.9, 0.99) and a tiny Adam epsilon (1e-25), so that Adam's denominator does not hide
+    a vanishing gradient.
 
     Every ``log_every`` steps (and at the last one) the log records, on the training set: the
-    accuracy, the loss, the Softmax Collapse fraction in ``bits`` (for StableMax: the share of
-    samples whose StableMax loss is exactly 0), the share of exactly-zero losses, the mean over
-    layers of the NLM cosine of the current full-batch gradient (before any projection), the
-    gradient norm, the mean logit norm, the weight norm; and the test accuracy. With
+    accuracy, the loss, the Softmax Collapse fraction in ``bits`` (the share of training samples
+    whose own float loss is exactly 0, :func:`softmax_collapse_fraction` with the labels; for
+    StableMax: the share whose StableMax loss is exactly 0), the share of exactly-zero losses,
+    the mean over layers of the NLM cosine of the current full-batch gradient (before any
+    projection), the gradient norm, the mean logit norm, the weight norm; and the test accuracy.
+    With
     ``keep_logits_every`` the training logits are also kept (detached copies) every that many
     steps, in ``Trajectory.logits``, for measurements after the run.
 
@@ -193,7 +198,8 @@ def train_modular(
         opt: torch.optim.Optimizer = torch.optim.AdamW(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     elif optimizer == "perp_adamw":
-        opt = PerpAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        opt = PerpAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        rescale=perp_rescale)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'perp_adamw', got {optimizer!r}")
 
@@ -204,7 +210,7 @@ def train_modular(
 
     config = dict(p=data.p, n_train=len(data.y_train), width=width, depth=depth, loss=loss,
                   bits=bits, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                  betas=betas, eps=eps, steps=steps, seed=seed)
+                  betas=betas, eps=eps, steps=steps, seed=seed, perp_rescale=perp_rescale)
     log = Trajectory(config)
     start = time.perf_counter()
     model.train()
@@ -225,7 +231,7 @@ def train_modular(
                     collapse = zero
                 else:
                     zero = zero_loss_fraction(logits, data.y_train, bits=bits)
-                    collapse = softmax_collapse_fraction(logits, bits=bits)
+                    collapse = softmax_collapse_fraction(logits, bits=bits, labels=data.y_train)
                 log.step.append(step)
                 log.train_accuracy.append(_accuracy(logits, data.y_train))
                 log.test_accuracy.append(_accuracy(model(data.X_test), data.y_test))

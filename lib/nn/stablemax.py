@@ -12,16 +12,19 @@ and the gradient vanishes. This module holds the pieces of that story:
 * :func:`softmax_cross_entropy`: the ordinary loss computed in a chosen float format (16, 32 or
   64 bits), the knob of the paper's precision experiment (its Softmax Collapse section).
 * :func:`softmax_collapse_mask` / :func:`softmax_collapse_fraction`: a sample has collapsed when
-  ``sum_j exp(z_j - max_k z_k)`` evaluates to exactly 1 in the chosen format: every non-maximal
-  term is absorbed by the largest one (the paper's Softmax Collapse section), so its softmax
-  is an exact one-hot vector.
+  its cross-entropy, computed by torch's log-softmax in the chosen format (the loss the model
+  trains on), is exactly 0: the largest term of ``sum_j exp(z_j - max_k z_k)`` has absorbed
+  every other one (the paper's Softmax Collapse section). The official logger's variant, which
+  tests ``torch.sum(exp(z - max)) == 1`` (another order of summation, so it can disagree with
+  the loss on samples at the edge), is ``method="denominator"``.
 * :func:`absorbed_mass`, :func:`runner_up_term` and :func:`collapse_threshold`: what the
   largest softmax term must absorb, its largest piece, and the unit roundoff below which
   absorption happens; they bracket the collapse fraction from both sides.
 * :func:`zero_loss_fraction`: share of samples whose per-sample loss is exactly 0.
 * :func:`project_out_parallel_` and :class:`PerpAdamW`: the paper's perpendicular gradient,
   ``g_perp = g - (theta . g / theta . theta) theta`` per parameter tensor (the paper's
-  ⊥Grad section), applied before an AdamW step ("⊥AdamW").
+  ⊥Grad section), rescaled to the norm of ``g`` as the official ``OrthoGrad`` does (the
+  unscaled projection with ``rescale=False``), applied before an AdamW step ("⊥AdamW").
 * :func:`nlm_cosine`: the cosine between the descent direction ``-g`` and the NLM direction,
   which for a bias-free ReLU network (positively homogeneous) is the weight vector itself:
   scaling every weight up scales the logits and, once the training set is fitted, lowers the
@@ -132,24 +135,50 @@ def softmax_cross_entropy(
     return _reduce(-logp.gather(1, labels[:, None]).squeeze(1), reduction)
 
 
+COLLAPSE_METHODS = ("loss", "denominator")
+
+
 @torch.no_grad()
-def softmax_collapse_mask(logits: torch.Tensor, bits: int = 32) -> torch.Tensor:
+def softmax_collapse_mask(
+    logits: torch.Tensor,
+    bits: int = 32,
+    labels: torch.Tensor | None = None,
+    method: str = "loss",
+) -> torch.Tensor:
     """Samples in Softmax Collapse in the ``bits``-bit float format (the paper's SC section).
 
-    A sample collapses when ``sum_j exp(z_j - max_k z_k)``, evaluated in that format, equals
-    exactly 1: the largest term (``exp(0) = 1``) has absorbed every other one, so the computed
-    softmax is an exact one-hot vector. For a correctly classified sample the loss and its
-    gradient are then exactly zero, and the sample stops teaching the model anything.
+    ``method="loss"`` (default): the per-sample cross-entropy that :func:`softmax_cross_entropy`
+    computes (torch's log-softmax in that format, the loss the model trains on) is exactly 0
+    for the label, or, without ``labels``, for the top class. That happens exactly when the
+    computed denominator ``sum_j exp(z_j - max_k z_k)`` rounds to 1: the largest term
+    (``exp(0) = 1``) has absorbed every other one, the softmax is an exact one-hot vector, and
+    the loss and its gradient on the correct logit are exactly zero.
+
+    ``method="denominator"``: the official logger's test, ``torch.sum(exp(z - max)) == 1`` as a
+    separate reduction. It sums in another order than the log-softmax kernel, so on samples whose
+    absorbed mass is close to the unit roundoff the two can disagree; it ignores ``labels``.
     """
-    _check_logits(logits)
+    _check_logits(logits, labels)
     z = logits.detach().to(float_dtype(bits))
-    shifted = z - z.amax(dim=1, keepdim=True)
-    return shifted.exp().sum(dim=1) == 1
+    if method == "denominator":
+        shifted = z - z.amax(dim=1, keepdim=True)
+        return shifted.exp().sum(dim=1) == 1
+    if method != "loss":
+        raise ValueError(f"method must be one of {COLLAPSE_METHODS}, got {method!r}")
+    logp = torch.log_softmax(z, dim=1)
+    if labels is None:
+        return logp.amax(dim=1) == 0
+    return logp.gather(1, labels[:, None]).squeeze(1) == 0
 
 
-def softmax_collapse_fraction(logits: torch.Tensor, bits: int = 32) -> float:
+def softmax_collapse_fraction(
+    logits: torch.Tensor,
+    bits: int = 32,
+    labels: torch.Tensor | None = None,
+    method: str = "loss",
+) -> float:
     """Share of samples (rows of ``logits``) in Softmax Collapse (:func:`softmax_collapse_mask`)."""
-    mask = softmax_collapse_mask(logits, bits)
+    mask = softmax_collapse_mask(logits, bits, labels=labels, method=method)
     return float(mask.float().mean()) if mask.numel() else 0.0
 
 
@@ -213,13 +242,17 @@ def zero_loss_fraction(
 
 
 @torch.no_grad()
-def project_out_parallel_(params: Iterable[torch.Tensor]) -> None:
-    """The perpendicular gradient, in place: ``g <- g - (theta . g / theta . theta) theta``.
+def project_out_parallel_(params: Iterable[torch.Tensor], rescale: bool = True) -> None:
+    """The perpendicular gradient (the paper's ⊥Grad), in place, per parameter tensor.
 
-    Applied to each parameter tensor separately (flattened), between ``backward()`` and the
-    optimiser step (the paper's ⊥Grad). The component removed is the one that only
-    rescales the tensor, i.e. naive loss minimisation for a homogeneous network. Tensors without
-    a gradient, or equal to zero (no direction to remove), are left alone.
+    ``g_perp = g - (theta . g / theta . theta) theta`` removes the component of ``g`` that only
+    rescales the (flattened) tensor, i.e. naive loss minimisation for a homogeneous network.
+    With ``rescale=True`` (the default, as the official ``OrthoGrad`` does) ``g_perp`` is then
+    multiplied by ``||g|| / ||g_perp||``, so the optimiser sees a gradient of the original norm
+    pointing only in directions that change the predictions; ``rescale=False`` keeps the plain
+    projection. Call between ``backward()`` and the optimiser step. Tensors without a gradient,
+    or equal to zero (no direction to remove), are left alone; a gradient with no perpendicular
+    part (``||g_perp|| <= 1e-12 ||g||``, rounding noise) becomes zero rather than rescaled noise.
     """
     for p in params:
         if p.grad is None:
@@ -230,16 +263,27 @@ def project_out_parallel_(params: Iterable[torch.Tensor]) -> None:
         if norm2 == 0:
             continue
         g_perp = g - (torch.dot(theta, g) / norm2) * theta
+        if rescale:
+            g_norm, perp_norm = g.norm(), g_perp.norm()
+            if perp_norm <= 1e-12 * g_norm:
+                g_perp = torch.zeros_like(g_perp)
+            else:
+                g_perp = g_perp * (g_norm / perp_norm)
         p.grad.copy_(g_perp.reshape(p.grad.shape).to(p.grad.dtype))
 
 
 class PerpAdamW(torch.optim.AdamW):
     """⊥AdamW: AdamW on gradients made perpendicular to the weights (the paper's ⊥Grad section).
 
-    Same arguments as :class:`torch.optim.AdamW`. With ``weight_decay=0`` this is the paper's
-    fix that forbids naive loss minimisation: AdamW's moments only ever see ``g_perp`` from
-    :func:`project_out_parallel_`.
+    Same arguments as :class:`torch.optim.AdamW`, plus ``rescale`` (default True, the official
+    ``OrthoGrad``: the perpendicular gradient keeps the full gradient's norm; False: the plain
+    projection). With ``weight_decay=0`` this is the paper's fix that forbids naive loss
+    minimisation: AdamW's moments only ever see the output of :func:`project_out_parallel_`.
     """
+
+    def __init__(self, params, *args, rescale: bool = True, **kwargs) -> None:  # noqa: D107
+        super().__init__(params, *args, **kwargs)
+        self.rescale = bool(rescale)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -248,7 +292,7 @@ class PerpAdamW(torch.optim.AdamW):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            project_out_parallel_(group["params"])
+            project_out_parallel_(group["params"], rescale=self.rescale)
         super().step()
         return loss
 
