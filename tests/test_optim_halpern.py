@@ -7,14 +7,18 @@ import pytest
 
 from lib.optim.halpern import (
     anchor_weight,
+    extra_anchored_gradient,
     extragradient,
     forward_backward_residual,
     halpern,
     halpern_deterministic,
+    inexact_halpern,
+    vr_forb_resolvent,
     vr_halpern,
 )
 from lib.optim.operators import (
     FiniteSumOperator,
+    bilinear_game,
     least_squares_operator,
     linear_operator,
     random_least_squares,
@@ -146,6 +150,60 @@ def test_diverging_step_is_reported_not_raised():
     assert math.isinf(trace.calls_to(1e-3))
 
 
+def test_bilinear_game_is_monotone_skew_and_solved_by_a_linear_system():
+    op = bilinear_game(50, 4, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    u, v = rng.standard_normal(8), rng.standard_normal(8)
+    assert np.dot(op.exact(u) - op.exact(v), u - v) == pytest.approx(0.0, abs=1e-10)
+    M = np.array([op.exact(e) - op.exact(np.zeros(8)) for e in np.eye(8)]).T
+    u_star = np.linalg.solve(M, -op.exact(np.zeros(8)))
+    assert np.linalg.norm(op.exact(u_star)) < 1e-10
+    assert op.lipschitz == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_vr_forb_resolvent_matches_the_closed_form(seed):
+    op = bilinear_game(100, 4, np.random.default_rng(seed))
+    d = op.dim
+    F0 = op.exact(np.zeros(d))
+    M = np.array([op.exact(e) - F0 for e in np.eye(d)]).T
+    u = np.random.default_rng(seed + 5).standard_normal(d)
+    eta = 3.0
+    exact = np.linalg.solve(np.eye(d) + eta * M, u - eta * F0)  # (I + eta F)^{-1}(u)
+    approx = vr_forb_resolvent(op, u, np.zeros(d), eta, rng=np.random.default_rng(seed),
+                               iterations=3000, step=0.1 / (eta * op.lipschitz + 1), p=0.1,
+                               batch=10)
+    assert np.linalg.norm(approx - exact) < 1e-6 * np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_inexact_halpern_beats_eag_on_a_game_and_charges_every_call(seed):
+    op = bilinear_game(400, 5, np.random.default_rng(seed), smallest_singular=0.3)
+    u0 = np.zeros(op.dim)
+    eag = extra_anchored_gradient(op, u0, tol=1e-2)
+    alg2 = inexact_halpern(op, u0, rng=np.random.default_rng(seed), tol=1e-2)
+    assert eag.converged and alg2.converged
+    assert alg2.calls[-1] < 0.6 * eag.calls[-1]
+    assert np.linalg.norm(op.exact(alg2.u)) <= 1e-2 * np.linalg.norm(op.exact(u0)) + 1e-12
+    # an anchored deterministic method: calls are exactly 2 n per step
+    assert eag.calls[-1] == 2 * op.n * eag.iterations
+
+
+def test_oracle_counter_agrees_with_a_brute_force_count():
+    A, b = random_least_squares(60, 5, np.random.default_rng(3), smallest_scale=0.3)
+    evaluated = []
+
+    def components(u, idx):
+        evaluated.append(len(idx))
+        rows = A[idx]
+        return rows * (rows @ u - b[idx])[:, None]
+
+    op = FiniteSumOperator(components, 60, 5, lipschitz=np.linalg.eigvalsh(A.T @ A / 60)[-1])
+    trace = vr_halpern(op, np.zeros(5), rng=np.random.default_rng(0), tol=1e-2, max_iter=200)
+    # every residual measurement evaluates all n components, uncharged
+    assert sum(evaluated) - 60 * len(trace.residuals) == trace.calls[-1]
+
+
 def test_bad_inputs_raise_clear_errors():
     A, b, op = small_problem()
     u0 = np.zeros(A.shape[1])
@@ -180,6 +238,22 @@ def test_bad_inputs_raise_clear_errors():
         halpern(lambda u: u, u0, -1)
     with pytest.raises(ValueError, match="smallest_scale"):
         random_least_squares(10, 3, rng, smallest_scale=0.0)
+    game = bilinear_game(10, 2, rng)
+    z = np.zeros(game.dim)
+    with pytest.raises(ValueError, match="iterations"):
+        vr_forb_resolvent(game, z, z, 1.0, rng=rng, iterations=-1, step=0.1, p=0.5, batch=2)
+    with pytest.raises(ValueError, match="positive"):
+        vr_forb_resolvent(game, z, z, 0.0, rng=rng, iterations=1, step=0.1, p=0.5, batch=2)
+    with pytest.raises(ValueError, match="snapshot probability"):
+        vr_forb_resolvent(game, z, z, 1.0, rng=rng, iterations=1, step=0.1, p=0.0, batch=2)
+    with pytest.raises(ValueError, match="batch size"):
+        inexact_halpern(game, z, rng=rng, batch=0)
+    with pytest.raises(ValueError, match="step_factor"):
+        inexact_halpern(game, z, rng=rng, step_factor=0.0)
+    with pytest.raises(ValueError, match="smallest_singular"):
+        bilinear_game(10, 2, rng, smallest_singular=0.0)
     no_constant = FiniteSumOperator(lambda u, idx: np.tile(u, (idx.size, 1)), 4, 2)
+    with pytest.raises(ValueError, match="L_Q"):
+        inexact_halpern(no_constant, np.zeros(2), rng=rng)
     with pytest.raises(ValueError, match="needs a step size"):
         halpern_deterministic(no_constant, np.zeros(2))

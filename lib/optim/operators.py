@@ -195,3 +195,37 @@ def random_least_squares(
     A = rng.standard_normal((n, d)) * np.geomspace(1.0, smallest_scale, d)
     b = A @ rng.standard_normal(d) + noise * rng.standard_normal(n)
     return A, b
+
+
+def bilinear_game(
+    n: int, d: int, rng: np.random.Generator, *, smallest_singular: float = 0.1,
+    spread: float = 0.5,
+) -> FiniteSumOperator:
+    """A finite-sum bilinear game min_x max_y (1/n) sum_i [x^T A_i y - b_i^T x + c_i^T y]:
+    F_i(x, y) = (A_i y - b_i, c_i - A_i^T x), monotone and Lipschitz but *not* cocoercive
+    (F is skew: <F(u) - F(v), u - v> = 0), the setting of the paper's Algorithm 2.
+
+    The mean A = (1/n) sum_i A_i has singular values geometric from 1 down to
+    ``smallest_singular`` (random orthogonal factors); each A_i = A + ``spread`` G_i / sqrt(d)
+    with Gaussian G_i centred to average zero; the offsets b_i, c_i are standard normal, shifted
+    so that the unique solution u* = (x*, y*) is a standard normal vector (so ||u_0 - u*|| stays
+    moderate however small the smallest singular value).
+    """
+    if n < 1 or d < 1:
+        raise ValueError(f"need n >= 1 components and dimension d >= 1, got n={n}, d={d}")
+    if not 0 < smallest_singular <= 1:
+        raise ValueError(f"smallest_singular must be in (0, 1], got {smallest_singular}")
+    if spread < 0:
+        raise ValueError(f"spread must be non-negative, got {spread}")
+    Q1, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = (Q1 * np.geomspace(1.0, smallest_singular, d)) @ Q2.T
+    G = rng.standard_normal((n, d, d))
+    A_i = A + spread * (G - G.mean(axis=0)) / np.sqrt(d)
+    zero = np.zeros((n, d, d))
+    M = np.block([[zero, A_i], [-A_i.transpose(0, 2, 1), zero]])
+    q = rng.standard_normal((n, 2 * d))
+    # shift the offsets so that the solution is a standard normal vector u* (M_mean u* = q_mean)
+    u_star = rng.standard_normal(2 * d)
+    q += M.mean(axis=0) @ u_star - q.mean(axis=0)
+    return linear_operator(M, q)
