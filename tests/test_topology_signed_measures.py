@@ -23,6 +23,10 @@ from lib.topology.signed_measures import (
     one_parameter_features,
     positive_part,
     random_directions,
+    rank_invariant,
+    rank_mobius_inversion,
+    rank_signed_measure,
+    rectangles_rank,
     regular_grid,
     rescale,
     sliced_wasserstein_distance,
@@ -234,12 +238,64 @@ def test_bad_inputs():
         euler_signed_measure(simplices, np.full_like(values, np.nan))
 
 
+def test_rank_barcode_of_the_square_is_one_rectangle():
+    simplices, values = square_bifiltration()
+    grid = [np.arange(4.0), np.arange(2.0)]
+    points, weights = rank_signed_measure(simplices, values, grid, 1)
+    # the loop is born at (2, 1) and filled at (3, 1): one rectangle [(2, 1), (2, 1)]
+    np.testing.assert_array_equal(points, [[2.0, 1.0, 2.0, 1.0]])
+    np.testing.assert_array_equal(weights, [1])
+
+
+def test_rank_invariant_of_a_persisting_vertex():
+    # two vertices merge at x = 2: H0 ranks from (0, 0) are 2 before x = 2, then 1
+    simplices = [(0,), (1,), (0, 1)]
+    values = np.array([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    grid = [np.arange(4.0), np.arange(2.0)]
+    rk = rank_invariant(simplices, values, grid, 0)
+    np.testing.assert_array_equal(rk[0, 0, :, 1], [2, 2, 1, 1])
+    assert rk[1, 0, 0, 0] == 0  # s > t: no map
+    points, weights = rank_mobius_inversion(rk, grid)
+    # one bar to the top of the grid and one that ends just before x = 2
+    order = np.lexsort(points.T[::-1])
+    np.testing.assert_array_equal(points[order], [[0, 0, 1, 1], [0, 0, 3, 1]])
+    np.testing.assert_array_equal(weights[order], [1, 1])
+
+
+@pytest.mark.parametrize("degree", [0, 1])
+def test_rank_barcode_round_trip_and_hilbert_diagonal(degree):
+    X, f, simplices, values = random_cloud_bifiltration(3, n=14)
+    grid = [np.linspace(0, 0.9, 6), np.quantile(f, np.linspace(0, 1, 5))]
+    rk = rank_invariant(simplices, values, grid, degree)
+    measure = rank_mobius_inversion(rk, grid)
+    np.testing.assert_array_equal(rectangles_rank(measure, grid), rk)
+    H = hilbert_function(simplices, values, grid, degree)
+    np.testing.assert_array_equal(np.einsum("abab->ab", rk), H)
+    # the rank from s to t never exceeds the Betti numbers at either end
+    for a, b, c, e in np.argwhere(rk > 0):
+        assert rk[a, b, c, e] <= min(H[a, b], H[c, e])
+
+
+def test_rank_bad_inputs():
+    simplices, values = square_bifiltration()
+    grid = [np.arange(4.0), np.arange(2.0)]
+    with pytest.raises(ValueError, match="two parameters"):
+        rank_invariant(simplices, np.c_[values, values[:, :1]], grid + [np.arange(2.0)], 1)
+    with pytest.raises(ValueError, match="degree"):
+        rank_invariant(simplices, values, grid, -1)
+    with pytest.raises(ValueError, match="does not match the grid"):
+        rank_mobius_inversion(np.zeros((4, 2, 4, 3)), grid)
+    with pytest.raises(ValueError, match="4 coordinates"):
+        rectangles_rank((np.zeros((1, 2)), np.array([1])), grid)
+
+
 MULTIPERS_SCRIPT = textwrap.dedent(
     """
     import numpy as np
     from tests.test_topology_signed_measures import random_cloud_bifiltration
     from lib.topology.signed_measures import (
-        euler_signed_measure, hilbert_signed_measure, multipers_signed_measure)
+        euler_signed_measure, hilbert_signed_measure, multipers_signed_measure,
+        rank_signed_measure)
     X, f, simplices, values = random_cloud_bifiltration(5, n=22)
     grid = [np.linspace(0, 0.9, 11), np.quantile(f, np.linspace(0, 1, 9))]
     for degree in (0, 1):
@@ -250,6 +306,17 @@ MULTIPERS_SCRIPT = textwrap.dedent(
     ours = euler_signed_measure(simplices, values)
     theirs = multipers_signed_measure(simplices, values, exact, None)
     assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+    small = [np.linspace(0, 0.9, 6), np.quantile(f, np.linspace(0, 1, 5))]
+    for degree in (0, 1):
+        ours = rank_signed_measure(simplices, values, small, degree)
+        theirs = multipers_signed_measure(simplices, values, small, degree, invariant="rank")
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1]), degree
+    try:
+        multipers_signed_measure(simplices, values, small, 1, invariant="landscape")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an unknown invariant must raise")
     print("OK")
     """
 )
