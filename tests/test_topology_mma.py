@@ -25,9 +25,11 @@ from lib.topology.filtrations import (
 from lib.topology.mma import (
     Decomposition,
     Summand,
+    barcode_on_line,
     decomposition_features,
     decomposition_from_dump,
     decomposition_image,
+    diagonal_line_span,
     distances_to_summands,
     kernel_matrix,
     local_weights,
@@ -173,6 +175,27 @@ def test_codensity_is_low_on_dense_points_and_rips_diagrams():
     assert dg[0].shape[1] == 2 and np.all(dg[1][:, 1] >= dg[1][:, 0])
     clouds, y = shape_cloud_dataset(2, 20, 0.5, rng)
     assert len(clouds) == 6 and list(y) == [0, 0, 1, 1, 2, 2]
+
+
+def test_barcode_on_line_of_a_rectangle_and_a_staircase():
+    dec = Decomposition((rect([0.2, 0.1], [0.5, 0.9]), staircase(), rect([0, 0], [1, 1], 0)), BOX)
+    origin = np.array([0.0, 0.0])
+    assert diagonal_line_span(BOX, origin) == (0.0, 1.0)
+    # the rectangle: enters at max(0.2, 0.1), leaves at min(0.5, 0.9); the staircase's two
+    # rectangles give [0.5, 0.6] and [0.4, 0.6], whose hull is [0.4, 0.6]
+    np.testing.assert_allclose(barcode_on_line(dec, origin, 1), [[0.2, 0.5], [0.4, 0.6]])
+    np.testing.assert_allclose(barcode_on_line(dec, origin, 0), [[0.0, 1.0]])
+    # the line through (0, 0.45) leaves the box at t = 0.55 and the rectangle at t = 0.45
+    np.testing.assert_allclose(barcode_on_line(dec, [0.0, 0.45], 0), [[0.0, 0.55]])
+    np.testing.assert_allclose(barcode_on_line(dec, [0.0, 0.45], 1)[0], [0.2, 0.45])
+
+
+def test_barcode_on_line_bad_inputs():
+    dec = Decomposition((staircase(),), BOX)
+    with pytest.raises(ValueError, match="misses the box"):
+        barcode_on_line(dec, [2.0, 0.0], 1)
+    with pytest.raises(ValueError, match="origin"):
+        barcode_on_line(dec, [0.0, 0.0, 0.0], 1)
 
 
 def test_bad_inputs_raise():

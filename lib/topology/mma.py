@@ -188,6 +188,49 @@ def summand_weights(decomposition: Decomposition, box: np.ndarray | None = None)
     return _reduce_by_owner(per_rect, owner, m, np.maximum, 0.0)
 
 
+def diagonal_line_span(box: np.ndarray, origin: np.ndarray) -> tuple[float, float]:
+    """The parameters ``t_lo < t_hi`` between which the diagonal line ``origin + t (1, ..., 1)``
+    lies inside ``box``; raises if the line misses the box's interior."""
+    box = _check_box(box)
+    origin = np.asarray(origin, dtype=float).ravel()
+    if origin.shape != (box.shape[1],) or not np.all(np.isfinite(origin)):
+        raise ValueError(f"origin must be a finite point of R^{box.shape[1]}, got {origin}")
+    t_lo, t_hi = float(np.max(box[0] - origin)), float(np.min(box[1] - origin))
+    if not t_lo < t_hi:
+        raise ValueError(f"the diagonal line through {origin} misses the box {box.tolist()}")
+    return t_lo, t_hi
+
+
+def barcode_on_line(decomposition: Decomposition, origin: np.ndarray, degree: int) -> np.ndarray:
+    """The one-parameter barcode that the decomposition gives on the diagonal line
+    ``l(t) = origin + t (1, ..., 1)``, restricted to the decomposition's box: one bar
+    ``[t_birth, t_death]`` per summand of ``degree`` that the line meets, shape ``(k, 2)``.
+
+    A rectangle ``[b, d]`` meets the line for ``max_k (b_k - o_k) <= t <= min_k (d_k - o_k)``;
+    the support of an interval summand (a staircase) is convex along a monotone line, so
+    its trace is the hull of its rectangles' traces. MMA builds its summands by matching bars
+    on such lines (Loiseaux, Carrière and Blumberg's module approximation), so on any diagonal
+    line this barcode should be the line's own persistence barcode, up to MMA's ``max_error``
+    when the module is interval decomposable.
+    """
+    t_lo, t_hi = diagonal_line_span(decomposition.box, origin)
+    origin = np.asarray(origin, dtype=float).ravel()
+    bars = []
+    for summand in decomposition.summands:
+        if summand.degree != degree:
+            continue
+        lo, up = summand.rectangles()
+        if len(lo) == 0:
+            continue
+        enter, leave = np.max(lo - origin, axis=1), np.min(up - origin, axis=1)
+        meets = enter < leave
+        if meets.any():
+            a, b = max(enter[meets].min(), t_lo), min(leave[meets].max(), t_hi)
+            if a < b:
+                bars.append((a, b))
+    return np.array(bars, dtype=float).reshape(-1, 2)
+
+
 def _check_points(points: np.ndarray, n: int) -> np.ndarray:
     points = np.asarray(points, dtype=float)
     if points.ndim == 1:
