@@ -10,6 +10,7 @@ from lib.diffusion.model_editing import (
     align_tokens,
     augmented_pairs,
     changed_tensors,
+    choose_lambda,
     closed_form_projection,
     cross_attention_projections,
     edit_states,
@@ -240,3 +241,22 @@ def test_total_variation():
         total_variation([1.0], [0.5, 0.5])
     with pytest.raises(ValueError, match="probability"):
         total_variation([0.7, 0.7], [0.5, 0.5])
+
+
+def test_choose_lambda_takes_the_smallest_passing_value():
+    lams = [0.01, 0.1, 1.0, 10.0, 100.0]
+    efficacy = [1.0, 1.0, 0.9, 0.85, 0.2]
+    change = [0.5, 0.3, 0.1, 0.0, 0.0]
+    assert choose_lambda(lams, efficacy, change, min_efficacy=0.8, max_change=0.1) == 1.0
+    assert choose_lambda(lams, efficacy, change, min_efficacy=0.8, max_change=0.0) == 10.0
+    # the order of the grid does not matter
+    assert choose_lambda(lams[::-1], efficacy[::-1], change[::-1], min_efficacy=0.8,
+                         max_change=0.3) == 0.1  # fmt: skip
+    with pytest.raises(ValueError, match="no lambda"):
+        choose_lambda(lams, efficacy, change, min_efficacy=0.95, max_change=0.0)
+    with pytest.raises(ValueError, match="equal length"):
+        choose_lambda(lams, efficacy[:2], change, min_efficacy=0.8, max_change=0.1)
+    with pytest.raises(ValueError, match="thresholds"):
+        choose_lambda(lams, efficacy, change, min_efficacy=1.5, max_change=0.1)
+    with pytest.raises(ValueError, match="lam must be"):
+        choose_lambda([0.0], [1.0], [0.0], min_efficacy=0.5, max_change=0.5)

@@ -422,3 +422,30 @@ def total_variation(p: Sequence[float] | torch.Tensor, q: Sequence[float] | torc
         if (t < 0).any() or abs(float(t.sum()) - 1) > 1e-6:
             raise ValueError(f"{name} is not a probability distribution")
     return float(0.5 * (p_t - q_t).abs().sum())
+
+
+def choose_lambda(lams: Sequence[float], efficacy: Sequence[float], change: Sequence[float], *,
+                  min_efficacy: float, max_change: float) -> float:  # fmt: skip
+    """The smallest ridge weight ``lam`` whose *validation* scores meet both thresholds.
+
+    ``efficacy[k]`` is the fraction of validation samples (prompts related to the edited
+    concept) showing the new attribute after an edit with ``lams[k]``, ``change[k]`` the largest
+    colour change (total variation to the unedited model) over the validation prompts about
+    unrelated concepts. Among the ``lam`` with ``efficacy >= min_efficacy`` and ``change <=
+    max_change``, the smallest is returned: the strongest edit that still leaves unrelated
+    prompts alone. This is a model-selection rule for TIME's ``lam`` (the paper fixes it at 0.1);
+    score it on prompts disjoint from those the edit is then evaluated on.
+    Raises ValueError for mismatched or empty inputs, and when no ``lam`` qualifies.
+    """
+    lams_t = [_check_lam(x) for x in lams]
+    if not lams_t or len(efficacy) != len(lams_t) or len(change) != len(lams_t):
+        raise ValueError(f"lams, efficacy and change must be non-empty and of equal length, got "
+                         f"{len(lams_t)}, {len(efficacy)}, {len(change)}")  # fmt: skip
+    if not 0.0 <= min_efficacy <= 1.0 or not 0.0 <= max_change <= 1.0:
+        raise ValueError(f"thresholds must lie in [0, 1], got {min_efficacy}, {max_change}")
+    passing = [lam for lam, e, c in zip(lams_t, efficacy, change)
+               if e >= min_efficacy and c <= max_change]  # fmt: skip
+    if not passing:
+        raise ValueError(f"no lambda in {lams_t} reaches validation efficacy >= {min_efficacy} "
+                         f"with colour change <= {max_change}")  # fmt: skip
+    return min(passing)
