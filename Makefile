@@ -11,6 +11,15 @@ STAMP := $(VENV)/.installed
 # passing run (lib.book.execution_cache); the others reuse that run.
 EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
 	--nbmake-timeout=600 -p lib.book.pytest_chapters -o testpaths= -o addopts= -p no:cacheprovider
+# `make execute` runs JOBS chapters at once (pytest-xdist), each kernel on one thread, so that
+# the single-threaded stretches of one chapter overlap another's; JOBS=1 runs them one by one.
+JOBS ?= 2
+ifeq ($(JOBS),1)
+PARALLEL :=
+else
+PARALLEL := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+PARALLEL_ARGS := -n $(JOBS) --dist load --maxschedchunk 1
+endif
 BUILD := $(BIN)/jupyter-book build _book --path-output . --builder html
 
 .PHONY: help setup test book lab sync lint unit execute browser chapter clean distclean lock testbed
@@ -43,7 +52,8 @@ unit: setup
 
 execute: setup
 	$(BIN)/python -m lib.book.build stage
-	if [ -s _build/to_execute.txt ]; then $(EXECUTE) $$(cat _build/to_execute.txt); fi
+	if [ -s _build/to_execute.txt ]; then \
+	  $(PARALLEL) $(EXECUTE) $(PARALLEL_ARGS) $$(cat _build/to_execute.txt); fi
 	$(BIN)/python -m lib.book.build report
 
 test: lint unit execute

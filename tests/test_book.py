@@ -154,3 +154,18 @@ def test_bibliography_keys_are_unique_and_every_citation_resolves():
             for key in group.split(","):
                 key = key.strip()
                 assert key in keys, f"{md.name} cites {key!r}, which references.bib lacks"
+
+
+def test_stderr_outputs_lists_untagged_stderr_streams():
+    import nbformat
+
+    from lib.book.pytest_chapters import stderr_outputs
+
+    nb = nbformat.v4.new_notebook()
+    noisy = nbformat.v4.new_code_cell("x")
+    noisy.outputs = [nbformat.v4.new_output("stream", name="stdout", text="fine\n"),
+                     nbformat.v4.new_output("stream", name="stderr", text="a warning\n")]
+    tagged = nbformat.v4.new_code_cell("y", metadata={"tags": ["remove-stderr"]})
+    tagged.outputs = [nbformat.v4.new_output("stream", name="stderr", text="hidden\n")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), noisy, tagged]
+    assert stderr_outputs(nb) == [(1, "a warning\n")]

@@ -63,3 +63,12 @@ def test_a_saved_run_is_found_only_under_its_key(tmp_path, monkeypatch):
     assert cache.saved_run("demo", "k2") is None
     with pytest.raises(FileNotFoundError, match="cannot save the run of demo"):
         cache.save_run("demo", "k1", tmp_path / "missing.ipynb", claims, {})
+
+
+def test_a_page_without_a_claim_record_is_reused_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "CACHE_DIR", tmp_path / "executed")
+    nb = tmp_path / "appendix.ipynb"
+    nb.write_text("{}")
+    cache.save_run("appendix", "k1", nb, None, {"seconds": 1.0})
+    folder = cache.saved_run("appendix", "k1")
+    assert folder is not None and not (folder / "claims.json").exists()

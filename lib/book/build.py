@@ -198,7 +198,8 @@ def stage() -> None:
             to_execute[md.stem] = {"key": key, "notebook": target.relative_to(REPO_ROOT).as_posix()}
             continue
         files[target] = (saved / "notebook.ipynb").read_text()
-        shutil.copy2(saved / "claims.json", CLAIMS_DIR / f"{md.stem}.json")
+        if (saved / "claims.json").exists():
+            shutil.copy2(saved / "claims.json", CLAIMS_DIR / f"{md.stem}.json")
         run = json.loads((saved / "run.json").read_text())
         timings[md.stem] = {**run["timing"], "reused": True}
     for path, text in files.items():

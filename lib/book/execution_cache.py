@@ -143,20 +143,26 @@ def saved_run(slug: str, key: str) -> Path | None:
         meta = json.loads((folder / "run.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    files = ("notebook.ipynb", "claims.json")
+    files = ["notebook.ipynb"] + (["claims.json"] if meta.get("claims", True) else [])
     if meta.get("key") != key or not all((folder / f).exists() for f in files):
         return None
     return folder
 
 
-def save_run(slug: str, key: str, notebook: Path, claims: Path, timing: dict) -> None:
-    """Keep a passing run of ``slug`` for reuse while its key stays the same."""
-    if not notebook.exists() or not claims.exists():
+def save_run(slug: str, key: str, notebook: Path, claims: Path | None, timing: dict) -> None:
+    """Keep a passing run of ``slug`` for reuse while its key stays the same.
+
+    ``claims`` is the chapter's claim record; ``None`` for a page without one (the appendix
+    checks its testbed with assertions, not with a ``Chapter``).
+    """
+    if not notebook.exists() or (claims is not None and not claims.exists()):
         raise FileNotFoundError(f"cannot save the run of {slug}: {notebook} or {claims} missing")
     folder = CACHE_DIR / slug
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     shutil.copy2(notebook, folder / "notebook.ipynb")
-    shutil.copy2(claims, folder / "claims.json")
-    (folder / "run.json").write_text(json.dumps({"key": key, "timing": timing}, indent=2) + "\n")
+    if claims is not None:
+        shutil.copy2(claims, folder / "claims.json")
+    meta = {"key": key, "timing": timing, "claims": claims is not None}
+    (folder / "run.json").write_text(json.dumps(meta, indent=2) + "\n")

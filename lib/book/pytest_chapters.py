@@ -2,6 +2,8 @@
 
 nbmake runs one test item per notebook. For each chapter this plugin
 
+* fails the chapter when a cell wrote to stderr (the book build, run with warnings as errors,
+  would reject the page minutes later; this says so when the chapter runs);
 * measures its wall seconds and its kernel's CPU seconds (the CPU time of the child processes
   that the test reaped: the kernel and anything the kernel itself waited for);
 * removes the ipywidgets state that execution leaves in the notebook's metadata: the static book
@@ -34,11 +36,36 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@pytest.hookimpl(hookwrapper=True)
+def stderr_outputs(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
+    """``(cell index, text)`` of every stderr stream output not tagged ``remove-stderr``.
+
+    MyST-NB turns each such output into a build warning (``mystnb.stderr``).
+    """
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if "remove-stderr" in cell.get("metadata", {}).get("tags", []):
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                found.append((index, "".join(output.get("text", ""))))
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):  # noqa: ANN001, ANN201 (pytest's hook signature)
     before = _children_cpu_seconds()
-    yield
-    item.user_properties.append(("cpu_seconds", round(_children_cpu_seconds() - before, 1)))
+    try:
+        result = yield
+    finally:
+        item.user_properties.append(("cpu_seconds", round(_children_cpu_seconds() - before, 1)))
+    path = Path(str(item.fspath))
+    if path.suffix == ".ipynb" and path.exists():
+        noisy = stderr_outputs(nbformat.read(path, as_version=4))
+        if noisy:
+            where = "; ".join(f"cell {i}: {text.strip()[:300]!r}" for i, text in noisy)
+            raise AssertionError(f"{path.name} wrote to stderr, which fails the book build "
+                                 f"(silence it at its source): {where}")  # fmt: skip
+    return result
 
 
 def strip_widget_state(path: Path) -> None:
@@ -71,8 +98,9 @@ def pytest_runtest_logreport(report) -> None:  # noqa: ANN001
     claims = CLAIMS_DIR / f"{slug}.json"
     plan = planned.get(slug)
     # only the staged book's runs are saved (not ``make chapter``'s, which may use another seed)
-    if report.passed and plan and notebook == REPO_ROOT / plan["notebook"] and claims.exists():
-        execution_cache.save_run(slug, plan["key"], notebook, claims, timing)
+    if report.passed and plan and notebook == REPO_ROOT / plan["notebook"]:
+        execution_cache.save_run(slug, plan["key"], notebook,
+                                 claims if claims.exists() else None, timing)  # fmt: skip
 
 
 _is_worker = False

@@ -154,6 +154,41 @@ class TextToImage:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return sampling.decode(self.vae, latents)
 
+    def diffusers_pipeline(self) -> Any:
+        """The same parts as diffusers' own ``StableDiffusionPipeline`` (UNet models only).
+
+        The pipeline does its own tokenisation, guidance, DDIM stepping and decoding, which
+        makes it the independent reference for :mod:`lib.diffusion.sampling`.
+        """
+        if self.prediction != "epsilon":
+            raise ValueError("StableDiffusionPipeline drives epsilon-prediction UNets; "
+                             f"this model predicts {self.prediction!r}")
+        pipe = stable_diffusion_pipeline_class()(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            unet=self.denoiser, scheduler=self.scheduler, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def stable_diffusion_pipeline_class() -> type:
+    """diffusers' ``StableDiffusionPipeline``, imported without transformers' import notices.
+
+    Importing the pipeline module makes transformers resolve its image processors; without
+    torchvision (which the book does not need) it writes a notice to stderr that it falls back
+    to the PIL processors. The book never uses an image processor, and pages must be free of
+    stderr, so only that import runs at transformers' error verbosity.
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        hf_logging.set_verbosity(before)
+    return StableDiffusionPipeline
+
 
 def load(
     kind: str = "mini",
@@ -191,9 +226,7 @@ def load(
             raise ValueError("kind='sd' loads Stable Diffusion 1.x/2.x UNets; use denoiser='unet'")
         if path is None or not Path(path).is_dir():
             raise ValueError(f"kind='sd' needs path= a local Stable Diffusion folder, got {path}")
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True,
+        pipe = stable_diffusion_pipeline_class().from_pretrained(path, local_files_only=True,
                                                        torch_dtype=dtype).to(device)  # fmt: skip
         sched = DDIMScheduler.from_config(pipe.scheduler.config)
         size = pipe.unet.config.sample_size
