@@ -13,6 +13,7 @@ EXECUTE := BOOK_STATIC=1 $(BIN)/pytest --nbmake --overwrite \
 	--nbmake-timeout=600 -p lib.book.pytest_chapters -o testpaths= -o addopts= -p no:cacheprovider
 # `make execute` runs JOBS chapters at once (pytest-xdist), each kernel on one thread, so that
 # the single-threaded stretches of one chapter overlap another's; JOBS=1 runs them one by one.
+# `make unit` spreads the unit tests over JOBS workers the same way.
 JOBS ?= 2
 ifeq ($(JOBS),1)
 PARALLEL :=
@@ -48,7 +49,7 @@ lint: setup
 	$(BIN)/python -m lib.book.build check
 
 unit: setup
-	$(BIN)/pytest tests
+	$(PARALLEL) $(BIN)/pytest tests $(PARALLEL_ARGS)
 
 execute: setup
 	$(BIN)/python -m lib.book.build stage
