@@ -161,6 +161,15 @@ def compare(
     return lo <= value <= hi, f"in [{_format(lo, fmt)}, {_format(hi, fmt)}]"
 
 
+def _require(record: Any, kind: str, what: str, source: str, measured: Any,
+             fmt: str | None) -> bool:  # fmt: skip
+    """``True`` for a passed record; otherwise raise :class:`ClaimCheckFailed` saying why."""
+    if not record.passed:
+        raise ClaimCheckFailed(f"{kind} failed: {what!r}: measured {_format(measured, fmt)}, "
+                               f"expected {record.comparison} ({source})")  # fmt: skip
+    return True
+
+
 @dataclass
 class Chapter:
     """The running chapter: its paper, seed, scale, and the claim checks made so far.
@@ -209,12 +218,7 @@ class Chapter:
         check raises :class:`ClaimCheckFailed` after it has been recorded.
         """
         record = self._record(claim, paper, measured, fmt, "check", comparison)
-        if not record.passed:
-            raise ClaimCheckFailed(
-                f"claim check failed: {claim!r}: measured {_format(measured, fmt)}, "
-                f"expected {record.comparison} (paper: {paper})"
-            )
-        return True
+        return _require(record, "claim check", claim, f"paper: {paper}", measured, fmt)
 
     def cross_check(
         self,
@@ -235,12 +239,7 @@ class Chapter:
         chapter); like :meth:`check`, a failure raises :class:`ClaimCheckFailed`.
         """
         record = self._record(what, reference, measured, fmt, "cross-check", comparison)
-        if not record.passed:
-            raise ClaimCheckFailed(
-                f"cross-check failed: {what!r}: measured {_format(measured, fmt)}, "
-                f"expected {record.comparison} (against: {reference})"
-            )
-        return True
+        return _require(record, "cross-check", what, f"against: {reference}", measured, fmt)
 
     def not_reproduced(
         self,
