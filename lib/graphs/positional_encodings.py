@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.nn.mlp import mlp
+
 # ---------------------------------------------------------------------------------------------
 # Laplacians and their eigenpairs (numpy, float64)
 # ---------------------------------------------------------------------------------------------
@@ -161,23 +163,6 @@ def sensitivity(
 # ---------------------------------------------------------------------------------------------
 # Networks (torch): SPE, a SignNet-style baseline, a dense GIN
 # ---------------------------------------------------------------------------------------------
-
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
-    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"an MLP needs at least two positive layer sizes, got {list(sizes)}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(int(a), int(b)))
-        if i < len(sizes) - 2:
-            layers.append(_ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
 
 def spe_projections(lam_features: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """The soft eigenspace projections W_l = V diag(phi_l(lambda)) V^T of SPE (Section 3).

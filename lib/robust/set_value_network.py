@@ -258,6 +258,8 @@ def train_set_value_network(data: SetDataset, *, item_hidden: int = 16, item_emb
     layer, mean aggregation, ``rho`` with one hidden layer, head with one hidden layer."""
     import torch
 
+    from lib.nn.mlp import mlp
+
     if len(data.labels) < 10:
         raise ValueError("need at least 10 samples")
     start = time.perf_counter()
@@ -276,14 +278,6 @@ def train_set_value_network(data: SetDataset, *, item_hidden: int = 16, item_emb
         V[s, :n, 0] = profit_factors(inst, data.XI[s])[0]
         U[s, :n, 1:] = V[s, :n, 1:] = feats
         mask[s, :n] = 1.0
-
-    def mlp(sizes: list[int]) -> torch.nn.Sequential:
-        mods: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            mods.append(torch.nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                mods.append(torch.nn.ReLU())
-        return torch.nn.Sequential(*mods)
 
     nets = {"phi_x": mlp([d, item_hidden, item_embed]),
             "rho_x": mlp([item_embed, post_hidden, embed]),

@@ -86,6 +86,8 @@ def train_value_network(X: np.ndarray, XI: np.ndarray, labels: np.ndarray, *,
     """
     import torch
 
+    from lib.nn.mlp import mlp
+
     X, XI, labels = (np.asarray(a, dtype=float) for a in (X, XI, labels))
     if not (len(X) == len(XI) == len(labels)) or len(X) < 10:
         raise ValueError("X, XI and labels need the same length (at least 10 samples)")
@@ -99,14 +101,6 @@ def train_value_network(X: np.ndarray, XI: np.ndarray, labels: np.ndarray, *,
     mean, std = float(labels[train].mean()), float(labels[train].std() + 1e-12)
 
     torch.manual_seed(seed)
-
-    def mlp(sizes: list[int]) -> torch.nn.Sequential:
-        mods: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            mods.append(torch.nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                mods.append(torch.nn.ReLU())
-        return torch.nn.Sequential(*mods)
 
     hx, hxi, hh = hidden
     fx = mlp([X.shape[1], *([hx] if hx else []), embed])
