@@ -165,7 +165,8 @@ def test_training_stages_run(tmp_path):
                                                batch_size=16, target=0.0)  # fmt: skip
     assert record["steps"] == 1 and not any(p.requires_grad for p in text.parameters())
     vae, record = training.train_vae(tmp_path, 0, max_steps=2, eval_every=1, batch_size=4,
-                                     psnr_target=0.0, accuracy_target=0.0, n_val=16)  # fmt: skip
+                                     psnr_target=0.0, accuracy_target=0.0, n_val=16,
+                                     n_scale=32)  # fmt: skip
     assert vae.config.scaling_factor > 0 and np.isfinite(record["history"][0]["psnr"])
     for fn in (training.train_unet, training.train_dit):
         model, record = fn(tmp_path, 0, text, vae, max_steps=2, eval_every=1, batch_size=4,

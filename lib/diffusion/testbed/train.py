@@ -217,10 +217,12 @@ def train_text_encoder(
 
 def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250,
               batch_size: int = 32, psnr_target: float = 27.0, accuracy_target: float = 0.95,
-              n_val: int = 512) -> tuple[nn.Module, dict]:  # fmt: skip
+              n_val: int = 512, n_scale: int = 2048) -> tuple[nn.Module, dict]:  # fmt: skip
     """``AutoencoderKL`` with mean-squared reconstruction error plus a small KL term (weight
     1e-6, as in latent diffusion's KL-regularised autoencoders), then SD's latent scaling
-    factor ``1 / std(latents)`` measured on 2,048 images."""
+    factor ``1 / std(latents)`` measured on ``n_scale`` (2,048) images."""
+    if n_scale < 2:
+        raise ValueError(f"n_scale must be at least 2 images, got {n_scale}")
     torch.manual_seed(seed)
     vae = models.autoencoder()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
@@ -258,9 +260,9 @@ def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250
                    >= accuracy_target, eval_every, max_steps)  # fmt: skip
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        x = generate(2048, seed=(seed, 32), split="train").images_tensor()
+        x = generate(n_scale, seed=(seed, 32), split="train").images_tensor()
         z = torch.cat([vae.encode(x[i:i + 512] * 2 - 1).latent_dist.sample()
-                       for i in range(0, 2048, 512)])  # fmt: skip
+                       for i in range(0, n_scale, 512)])  # fmt: skip
     vae.register_to_config(scaling_factor=float(1 / z.std()))
     record["scaling_factor"] = vae.config.scaling_factor
     return vae, record
