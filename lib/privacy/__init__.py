@@ -1,0 +1,1 @@
+"""Differential privacy: zero-concentrated DP accounting and the Gaussian mechanism."""
