@@ -16,6 +16,8 @@ need not be strongly convex (its solution set may be a whole face, not a point).
   function v_gamma(x, y, z) (Section 2), then a projected step on the penalised reformulation
   F / c_k + f - v_gamma with c_k = c0 (k + 1)^p, then a step on the proximal centre z of the
   multiplier. First derivatives only: no Hessian, no inner loop.
+* :func:`proximal_lagrangian_value`: v_gamma(x, y, z) and its Danskin-type gradient at the
+  saddle point, found by iterating LV-HBA's own descent-ascent step (the chapter's cross-check).
 * :func:`value_function_penalty`: the double-loop baseline, penalty on f(x, y) - v(x) with the
   plain LL value function v, whose gradient needs an (approximate) LL solution and multiplier,
   obtained by an inner primal-dual loop at every outer step (Shen & Chen 2023, V-PBGD style).
@@ -23,12 +25,18 @@ need not be strongly convex (its solution set may be a whole face, not a point).
   projection (closed form), optionally with a free LL block that makes the LL merely convex, and
   whose reduced upper-level problem is solved exactly (piecewise KKT) and by scipy.
 * :class:`SVMHyperProblem`: linear-SVM hyper-parameter learning as in the paper's Section 5: per
-  sample slack weights exp(c_i) in the LL, a smoothed validation error in the UL.
+  sample slack weights exp(c_i) in the LL, a smoothed validation error in the UL, with the
+  second-order pieces GAM needs (:mod:`lib.optim.gradient_approximation_bilevel`).
+
+The paper's own toy with an equality-constrained, merely convex LL is
+:mod:`lib.optim.coupled_equality_toy`; the AiPOD baseline is
+:mod:`lib.optim.implicit_projected_bilevel`.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -91,10 +99,13 @@ class BilevelTrace:
     lam: Array | None = None
     z: Array | None = None
     wall_seconds: float = 0.0
+    seconds: list[float] = field(default_factory=list)
 
-    def log(self, k: int, calls: int, values: dict[str, Array | float]) -> None:
+    def log(self, k: int, calls: int, values: dict[str, Array | float],
+            seconds: float = 0.0) -> None:
         self.iterations.append(k)
         self.oracle_calls.append(calls)
+        self.seconds.append(float(seconds))
         for name, value in values.items():
             self.metrics.setdefault(name, []).append(np.asarray(value, dtype=float))
 
@@ -111,6 +122,25 @@ class BilevelTrace:
 
 
 Monitor = Callable[[Array, Array], dict[str, Array | float]]
+
+
+class Stopwatch:
+    """The wall time of an algorithm's own work: time spent inside monitors is left out."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self._paused = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start - self._paused
+
+    def log(self, trace: BilevelTrace, k: int, calls: int, monitor: Monitor, x: Array,
+            y: Array) -> None:
+        """Log ``monitor(x, y)`` at iteration k with the elapsed time, not counting the monitor."""
+        t0 = time.perf_counter()
+        elapsed = t0 - self._start - self._paused
+        trace.log(k, calls, monitor(x, y), seconds=elapsed)
+        self._paused += time.perf_counter() - t0
 
 
 def _check_positive(**values: float | Array) -> None:
@@ -161,6 +191,7 @@ def lv_hba(
     c0: float | Array = 1.0,
     p: float | Array = 0.3,
     multiplier_bound: float = 1e3,
+    equality: bool = False,
     theta0: Array | None = None,
     lam0: Array | None = None,
     z0: Array | None = None,
@@ -174,7 +205,9 @@ def lv_hba(
         v_gamma(x, y, z) = min_{theta in Y} max_{lam in Z} f(x, theta) + lam^T g(x, theta)
                            + ||theta - y||^2 / (2 gamma1) - ||lam - z||^2 / (2 gamma2),
 
-    with Z = [0, U]^m. Each iteration k, with c_k = c0 (k + 1)^p:
+    with Z = [0, U]^m, or Z = [-U, U]^m when ``equality`` is set (constraints g = 0, as in the
+    paper's toy example with a coupled equality constraint and its official script). Each
+    iteration k, with c_k = c0 (k + 1)^p:
 
     1. (theta, lam) <- one projected gradient descent-ascent step of size ``eta`` on that
        saddle function at the current (x, y, z);
@@ -189,8 +222,6 @@ def lv_hba(
     Every step size and parameter may be an array with one value per batch instance, so that a
     sweep over (p, gamma, ...) runs as one vectorised loop.
     """
-    import time
-
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     _check_positive(alpha=alpha, beta=beta, eta=eta, gamma1=gamma1, gamma2=gamma2, c0=c0,
@@ -214,11 +245,12 @@ def lv_hba(
         raise ValueError(f"theta0, lam0, z0 must have shapes {y.shape}, {batch + (m,)}, "
                          f"{batch + (m,)}")
     U = multiplier_bound
+    L = -U if equality else 0.0
     trace = BilevelTrace("LV-HBA")
     logs = _log_points(iterations, log_every)
     if monitor is not None:
         trace.log(0, 0, monitor(x, y))
-    start = time.perf_counter()
+    clock = Stopwatch()
     for k in range(iterations):
         ck = c0 * (k + 1.0) ** p
         # step 1: one projected gradient step on the proximal Lagrangian saddle problem
@@ -226,7 +258,7 @@ def lv_hba(
         _, gv_theta = problem.constraint_vjp(x, theta, lam)
         g_theta = problem.constraint(x, theta)
         theta = problem.project_lower(theta - eta * (f_theta + gv_theta + (theta - y) / gamma1))
-        lam = np.clip(lam + eta * (g_theta - (lam - z) / gamma2), 0.0, U)
+        lam = np.clip(lam + eta * (g_theta - (lam - z) / gamma2), L, U)
         # step 2: projected gradient step on F / c_k + f(x, y) - v_gamma(x, y, z)
         Fx, Fy = problem.upper_grad(x, y)
         fx_y, fy_y = problem.lower_grad(x, y)
@@ -236,12 +268,58 @@ def lv_hba(
         dy = Fy / ck + fy_y - (y - theta) / gamma1
         x, y = problem.project_upper(x - alpha * dx, y - alpha * dy)
         # step 3: the proximal centre of the multiplier
-        z = np.clip(z - beta * (z - lam) / gamma2, 0.0, U)
+        z = np.clip(z - beta * (z - lam) / gamma2, L, U)
         if monitor is not None and (k + 1) in logs:
-            trace.log(k + 1, 2 * (k + 1), monitor(x, y))
-    trace.wall_seconds = time.perf_counter() - start
+            clock.log(trace, k + 1, 2 * (k + 1), monitor, x, y)
+    trace.wall_seconds = clock.elapsed()
     trace.x, trace.y, trace.theta, trace.lam, trace.z = x, y, theta, lam, z
     return trace
+
+
+def proximal_lagrangian_value(
+    problem: ConstrainedBilevelProblem,
+    x: Array,
+    y: Array,
+    z: Array,
+    *,
+    gamma1: float,
+    gamma2: float,
+    eta: float,
+    steps: int = 5000,
+    multiplier_bound: float = 1e3,
+    equality: bool = False,
+) -> tuple[Array, dict[str, Array]]:
+    """v_gamma(x, y, z) and its gradient (the paper's Section 2, Danskin-type formula).
+
+    Runs ``steps`` projected gradient descent-ascent steps of size ``eta`` (LV-HBA's step 1,
+    iterated at fixed (x, y, z)) on the saddle function of :func:`lv_hba`'s docstring to reach
+    its unique saddle point (theta*, lam*), and returns the value there and the gradient
+
+        grad_x v = grad_x f(x, theta*) + (grad_x g(x, theta*))^T lam*,
+        grad_y v = (y - theta*) / gamma1,   grad_z v = (lam* - z) / gamma2,
+
+    with no derivative of (theta*, lam*) needed. Also returns theta* and lam*.
+    """
+    _check_positive(gamma1=gamma1, gamma2=gamma2, eta=eta, multiplier_bound=multiplier_bound)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    U = multiplier_bound
+    L = -U if equality else 0.0
+    theta = problem.project_lower(np.array(y, dtype=float))
+    lam = np.clip(np.array(z, dtype=float), L, U)
+    for _ in range(steps):
+        _, f_theta = problem.lower_grad(x, theta)
+        _, gv_theta = problem.constraint_vjp(x, theta, lam)
+        g_theta = problem.constraint(x, theta)
+        theta = problem.project_lower(theta - eta * (f_theta + gv_theta + (theta - y) / gamma1))
+        lam = np.clip(lam + eta * (g_theta - (lam - z) / gamma2), L, U)
+    value = (problem.lower_value(x, theta) + (lam * problem.constraint(x, theta)).sum(-1)
+             + ((theta - y) ** 2).sum(-1) / (2 * gamma1) - ((lam - z) ** 2).sum(-1) / (2 * gamma2))
+    fx, _ = problem.lower_grad(x, theta)
+    gx, _ = problem.constraint_vjp(x, theta, lam)
+    grads = {"x": fx + gx, "y": (y - theta) / gamma1, "z": (lam - z) / gamma2,
+             "theta": theta, "lam": lam}
+    return value, grads
 
 
 def value_function_penalty(
@@ -271,8 +349,6 @@ def value_function_penalty(
     value-function penalty methods (e.g. V-PBGD of Shen & Chen, 2023): exact penalty, but an
     inner loop whose accuracy limits the outer one.
     """
-    import time
-
     if outer < 1 or inner < 1:
         raise ValueError(f"outer and inner must be >= 1, got {outer} and {inner}")
     _check_positive(alpha=alpha, eta=eta, c0=c0, multiplier_bound=multiplier_bound)
@@ -285,7 +361,7 @@ def value_function_penalty(
     logs = _log_points(outer, log_every)
     if monitor is not None:
         trace.log(0, 0, monitor(x, y))
-    start = time.perf_counter()
+    clock = Stopwatch()
     for k in range(outer):
         for _ in range(inner):
             _, f_theta = problem.lower_grad(x, theta)
@@ -301,8 +377,8 @@ def value_function_penalty(
         x, y = problem.project_upper(x - alpha * (Fx / ck + fx_y - fx_t - gx_t),
                                      y - alpha * (Fy / ck + fy_y))
         if monitor is not None and (k + 1) in logs:
-            trace.log(k + 1, (k + 1) * (inner + 1), monitor(x, y))
-    trace.wall_seconds = time.perf_counter() - start
+            clock.log(trace, k + 1, (k + 1) * (inner + 1), monitor, x, y)
+    trace.wall_seconds = clock.elapsed()
     trace.x, trace.y, trace.theta, trace.lam = x, y, theta, lam
     return trace
 
@@ -714,6 +790,30 @@ class SVMHyperProblem:
             project_upper=self.project_upper, n_constraints=self.n_train,
             upper_value=self.upper_value,
         )
+
+    # --- second-order pieces for GAM (lib.optim.gradient_approximation_bilevel) ------------
+    def lower_solve(self, c: Array, theta_warm: Array | None = None) -> Pair:
+        """The LL solution and its multipliers lam_i = exp(c_i) xi_i (KKT in xi_i)."""
+        theta = self.lower_solution(c)
+        return theta, np.exp(c) * self.unpack(theta)[2]
+
+    def lagrangian_hessians(self, c: Array, theta: Array, lam: Array) -> Pair:
+        """(d^2 L / d theta^2, d^2 L / d theta dc) of L = f + lam^T g; g is linear in theta."""
+        d, N = self.dim, self.n_train
+        ec = np.exp(c)
+        Ltt = np.diag(np.r_[np.ones(d), 0.0, ec])
+        Ltx = np.zeros((d + 1 + N, N))
+        Ltx[d + 1 :] = np.diag(ec * self.unpack(theta)[2])
+        return Ltt, Ltx
+
+    def constraint_jacobians(self, c: Array, theta: Array) -> Pair:
+        """(dg / d theta, dg / dc): rows (-y_i z_i, -y_i, -e_i), and zero (g ignores c)."""
+        N = self.n_train
+        Jt = np.hstack([-self.y_train[:, None] * self.Z_train, -self.y_train[:, None], -np.eye(N)])
+        return Jt, np.zeros((N, N))
+
+    def project_c(self, c: Array) -> Array:
+        return np.clip(c, self.c_min, self.c_max)
 
     # --- exact lower level and evaluation ---------------------------------------------------
     def lower_solution(self, c: Array) -> Array:
