@@ -1,0 +1,1 @@
+"""Geometric vision: event-camera simulation, eventail line/velocity solvers, robust fitting."""
