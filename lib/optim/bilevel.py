@@ -53,7 +53,8 @@ Pair = tuple[Array, Array]
 # ------------------------------------------------------------------------------------------
 
 
-def _identity(v: Array) -> Array:
+def identity(v: Array) -> Array:
+    """The projection onto the whole space (the default of every ``project_*`` field)."""
     return v
 
 
@@ -81,7 +82,7 @@ class ConstrainedBilevelProblem:
     constraint_vjp: Callable[[Array, Array, Array], Pair]
     project_upper: Callable[[Array, Array], Pair]
     n_constraints: int
-    project_lower: Callable[[Array], Array] = _identity
+    project_lower: Callable[[Array], Array] = identity
     upper_value: Callable[[Array, Array], Array] | None = None
 
 

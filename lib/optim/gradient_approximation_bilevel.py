@@ -36,14 +36,10 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
-from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points
+from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points, identity
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
-
-
-def _identity(v: Array) -> Array:
-    return v
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ class InequalityConstrainedBilevel:
     upper_grad: Callable[[Array, Array], Pair]
     lagrangian_hessians: Callable[[Array, Array, Array], Pair]
     constraint_jacobians: Callable[[Array, Array], Pair]
-    project_x: Callable[[Array], Array] = _identity
+    project_x: Callable[[Array], Array] = identity
 
 
 def gam_gradient(problem: InequalityConstrainedBilevel, x: Array, theta: Array, lam: Array, *,

@@ -33,14 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points
+from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points, identity
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
-
-
-def _identity(v: Array) -> Array:
-    return v
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class EqualityConstrainedBilevel:
     A: Array
     H: Array
     c: Array
-    project_x: Callable[[Array], Array] = _identity
+    project_x: Callable[[Array], Array] = identity
 
     def __post_init__(self) -> None:
         A, H, c = (np.atleast_2d(self.A), np.atleast_2d(self.H), np.atleast_1d(self.c))
