@@ -125,23 +125,43 @@ class BilevelTrace:
 Monitor = Callable[[Array, Array], dict[str, Array | float]]
 
 
-class Stopwatch:
-    """The wall time of an algorithm's own work: time spent inside monitors is left out."""
+class TraceRecorder:
+    """One run's bookkeeping: its :class:`BilevelTrace`, the iterations to log at, the monitor,
+    and the wall time of the algorithm's own work (time spent inside the monitor is left out).
 
-    def __init__(self) -> None:
+    Created after the initial point is set (it logs iteration 0 with ``calls`` oracle calls and
+    starts the clock); :meth:`after` logs iteration ``k`` when ``k`` is a log point;
+    :meth:`finish` stores the total time and the final iterates.
+    """
+
+    def __init__(self, method: str, iterations: int, log_every: int | None,
+                 monitor: Monitor | None, x: Array, y: Array, calls: int = 0) -> None:  # fmt: skip
+        self.trace = BilevelTrace(method)
+        self.monitor = monitor
+        self._logs = _log_points(iterations, log_every)
+        if monitor is not None:
+            self.trace.log(0, calls, monitor(x, y))
         self._start = time.perf_counter()
         self._paused = 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start - self._paused
 
-    def log(self, trace: BilevelTrace, k: int, calls: int, monitor: Monitor, x: Array,
-            y: Array) -> None:
-        """Log ``monitor(x, y)`` at iteration k with the elapsed time, not counting the monitor."""
+    def after(self, k: int, calls: int, x: Array, y: Array) -> None:
+        """Log ``monitor(x, y)`` at iteration ``k`` (a log point) with the elapsed time."""
+        if self.monitor is None or k not in self._logs:
+            return
         t0 = time.perf_counter()
         elapsed = t0 - self._start - self._paused
-        trace.log(k, calls, monitor(x, y), seconds=elapsed)
+        self.trace.log(k, calls, self.monitor(x, y), seconds=elapsed)
         self._paused += time.perf_counter() - t0
+
+    def finish(self, **final: Array) -> BilevelTrace:
+        """The trace, with the total time and the final iterates (``x=..., y=..., ...``)."""
+        self.trace.wall_seconds = self.elapsed()
+        for name, value in final.items():
+            setattr(self.trace, name, value)
+        return self.trace
 
 
 def _check_positive(**values: float | Array) -> None:
@@ -247,11 +267,7 @@ def lv_hba(
                          f"{batch + (m,)}")
     U = multiplier_bound
     L = -U if equality else 0.0
-    trace = BilevelTrace("LV-HBA")
-    logs = _log_points(iterations, log_every)
-    if monitor is not None:
-        trace.log(0, 0, monitor(x, y))
-    clock = Stopwatch()
+    record = TraceRecorder("LV-HBA", iterations, log_every, monitor, x, y)
     for k in range(iterations):
         ck = c0 * (k + 1.0) ** p
         # step 1: one projected gradient step on the proximal Lagrangian saddle problem
@@ -270,11 +286,8 @@ def lv_hba(
         x, y = problem.project_upper(x - alpha * dx, y - alpha * dy)
         # step 3: the proximal centre of the multiplier
         z = np.clip(z - beta * (z - lam) / gamma2, L, U)
-        if monitor is not None and (k + 1) in logs:
-            clock.log(trace, k + 1, 2 * (k + 1), monitor, x, y)
-    trace.wall_seconds = clock.elapsed()
-    trace.x, trace.y, trace.theta, trace.lam, trace.z = x, y, theta, lam, z
-    return trace
+        record.after(k + 1, 2 * (k + 1), x, y)
+    return record.finish(x=x, y=y, theta=theta, lam=lam, z=z)
 
 
 def proximal_lagrangian_value(
@@ -358,11 +371,7 @@ def value_function_penalty(
     x, y = problem.project_upper(np.array(x0, dtype=float), np.array(y0, dtype=float))
     theta = y.copy()
     lam = np.zeros(x.shape[:-1] + (problem.n_constraints,))
-    trace = BilevelTrace("value-function penalty (double loop)")
-    logs = _log_points(outer, log_every)
-    if monitor is not None:
-        trace.log(0, 0, monitor(x, y))
-    clock = Stopwatch()
+    record = TraceRecorder("value-function penalty (double loop)", outer, log_every, monitor, x, y)
     for k in range(outer):
         for _ in range(inner):
             _, f_theta = problem.lower_grad(x, theta)
@@ -377,11 +386,8 @@ def value_function_penalty(
         gx_t, _ = problem.constraint_vjp(x, theta, lam)
         x, y = problem.project_upper(x - alpha * (Fx / ck + fx_y - fx_t - gx_t),
                                      y - alpha * (Fy / ck + fy_y))
-        if monitor is not None and (k + 1) in logs:
-            clock.log(trace, k + 1, (k + 1) * (inner + 1), monitor, x, y)
-    trace.wall_seconds = clock.elapsed()
-    trace.x, trace.y, trace.theta, trace.lam = x, y, theta, lam
-    return trace
+        record.after(k + 1, (k + 1) * (inner + 1), x, y)
+    return record.finish(x=x, y=y, theta=theta, lam=lam)
 
 
 # ------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
-from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points, identity
+from lib.optim.bilevel import BilevelTrace, Monitor, TraceRecorder, identity
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
@@ -116,21 +116,17 @@ def gam(
         raise ValueError(f"alpha must be positive, got {alpha}")
     x = problem.project_x(np.array(x0, dtype=float))
     theta, lam = problem.lower_solve(x, None)
-    trace = BilevelTrace("GAM")
-    logs = _log_points(iterations, log_every)
-    if monitor is not None:
-        trace.log(0, 1, {**monitor(x, theta), "singular": 0.0})
     singular_count = 0
-    clock = Stopwatch()
+
+    def logged(x_: Array, theta_: Array) -> dict:  # the monitor's values and the singular count
+        return {**monitor(x_, theta_), "singular": float(singular_count)}
+
+    record = TraceRecorder("GAM", iterations, log_every, None if monitor is None else logged,
+                           x, theta, calls=1)  # fmt: skip
     for k in range(iterations):
         grad, singular = gam_gradient(problem, x, theta, lam, active_tol=active_tol)
         singular_count += int(singular)
         x = problem.project_x(x - alpha * grad)
         theta, lam = problem.lower_solve(x, theta)
-        if monitor is not None and (k + 1) in logs:
-            clock.log(trace, k + 1, k + 2,
-                      lambda x_, t_, s_=singular_count: {**monitor(x_, t_), "singular": float(s_)},
-                      x, theta)
-    trace.wall_seconds = clock.elapsed()
-    trace.x, trace.y, trace.lam = x, theta, lam
-    return trace
+        record.after(k + 1, k + 2, x, theta)
+    return record.finish(x=x, y=theta, lam=lam)

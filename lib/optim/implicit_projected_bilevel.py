@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from lib.optim.bilevel import BilevelTrace, Monitor, Stopwatch, _log_points, identity
+from lib.optim.bilevel import BilevelTrace, Monitor, TraceRecorder, identity
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
@@ -131,11 +131,7 @@ def aipod(
     if constant_hessian:
         fyy, _ = problem.lower_hessians(x, y)
         reduced_inverse = np.linalg.pinv(V.T @ fyy @ V)
-    trace = BilevelTrace("AiPOD")
-    logs = _log_points(outer, log_every)
-    if monitor is not None:
-        trace.log(0, 0, monitor(x, y))
-    clock = Stopwatch()
+    record = TraceRecorder("AiPOD", outer, log_every, monitor, x, y)
     for k in range(outer):
         for _ in range(inner):
             _, fy = problem.lower_grad(x, y)
@@ -149,8 +145,5 @@ def aipod(
         for _ in range(upper_steps):
             Fx, _ = problem.upper_grad(x, y)
             x = problem.project_x(x - alpha * (Fx + correction))
-        if monitor is not None and (k + 1) in logs:
-            clock.log(trace, k + 1, (k + 1) * (inner + upper_steps), monitor, x, y)
-    trace.wall_seconds = clock.elapsed()
-    trace.x, trace.y = x, y
-    return trace
+        record.after(k + 1, (k + 1) * (inner + upper_steps), x, y)
+    return record.finish(x=x, y=y)
