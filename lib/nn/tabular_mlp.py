@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.nn.mlp import mlp
+
 DTYPE = torch.float64
 
 
@@ -26,13 +28,7 @@ def make_mlp(n_features: int, hidden: Sequence[int] = (32, 32), seed: int = 0) -
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden widths must be positive, got {tuple(hidden)}")
     gen = torch.Generator().manual_seed(int(seed))
-    layers: list[nn.Module] = []
-    width = n_features
-    for h in hidden:
-        layers += [nn.Linear(width, h, dtype=DTYPE), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, 1, dtype=DTYPE))
-    net = nn.Sequential(*layers)
+    net = mlp([n_features, *hidden, 1]).to(DTYPE)
     with torch.no_grad():  # PyTorch's default (Kaiming-uniform) ranges, from our own generator
         for layer in net:
             if isinstance(layer, nn.Linear):
