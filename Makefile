@@ -87,6 +87,7 @@ testbed: setup
 # network: about 3 minutes on 2 cores).
 weights: setup
 	$(BIN)/python -m lib.robust.train_set_value_network
+	$(BIN)/python -m lib.diffusion.train_toy_rectification
 
 # Jupytext's contents manager lets Lab open the .md chapters as notebooks; the override makes
 # that the default viewer for MyST/markdown files, so a double click opens a notebook.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
