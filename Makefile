@@ -88,6 +88,7 @@ testbed: setup
 weights: setup
 	$(BIN)/python -m lib.robust.train_set_value_network
 	$(BIN)/python -m lib.diffusion.train_toy_rectification
+	$(BIN)/python -m lib.vision.train_normal_estimators
 
 # Jupytext's contents manager lets Lab open the .md chapters as notebooks; the override makes
 # that the default viewer for MyST/markdown files, so a double click opens a notebook.
