@@ -193,7 +193,8 @@ def test_checkpoint_resumes(tmp_path):
 
 def test_manifest_covers_every_shipped_file():
     manifest = loader.read_manifest()
-    for part in ("tokenizer", "scheduler", "flow_scheduler", "text_encoder", "vae", "unet", "dit"):
+    for part in ("tokenizer", "scheduler", "flow_scheduler", "text_encoder", "vae", "unet", "dit",
+                 "asym_decoder"):
         loader.verify(loader.WEIGHTS, manifest, [part])
         assert part in manifest["training"] or part in ("tokenizer", "scheduler",
                                                         "flow_scheduler")  # fmt: skip

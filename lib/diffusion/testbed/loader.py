@@ -28,6 +28,7 @@ from diffusers import (
 from transformers import CLIPTextModel
 
 from lib.diffusion import sampling
+from lib.diffusion.mask_conditioned_decoder import AsymmetricDecoder
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import MiniTokenizer
 from lib.diffusion.testbed.evaluators import sha256_file
@@ -36,7 +37,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
 FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae",
            "unet": "unet", "dit": "transformer", "scheduler": "scheduler",
-           "flow_scheduler": "flow_scheduler"}  # fmt: skip
+           "flow_scheduler": "flow_scheduler",
+           "asym_decoder": "asymmetric_decoder"}  # fmt: skip
 """Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
 ``transformer``)."""
 
@@ -93,8 +95,10 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
     if part == "flow_scheduler":
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
-           "dit": models.MiniDiT}[part]  # fmt: skip
-    return cls.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
+           "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder}[part]  # fmt: skip
+    extra = {"torch_dtype": torch.float32} if part == "asym_decoder" else {}  # ships float16
+    model = cls.from_pretrained(path, use_safetensors=True, **extra)
+    return model.eval().requires_grad_(False)
 
 
 def read_manifest(folder: Path = WEIGHTS) -> dict:

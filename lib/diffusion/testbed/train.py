@@ -54,7 +54,7 @@ from lib.diffusion.testbed.evaluators import (
 )
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-STAGES = ("text_encoder", "vae", "unet", "dit")
+STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder")
 EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
 
 
@@ -439,6 +439,7 @@ def train_dit(out: Path, seed: int, text: nn.Module, vae: nn.Module, *,
 
 def main(argv: list[str] | None = None) -> int:
     from lib.diffusion.testbed.loader import (
+        FOLDERS,
         MANIFEST,
         load_component,
         save_component,
@@ -487,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
                 model, record = train_vae(args.out, args.seed)
             elif stage == "unet":
                 model, record = train_unet(args.out, args.seed, get("text_encoder"), get("vae"))
+            elif stage == "asym_decoder":  # own module (it imports this one's training loop)
+                from lib.diffusion.testbed.train_asymmetric_decoder import (
+                    train_asymmetric_decoder,
+                )
+
+                model, record = train_asymmetric_decoder(args.out, args.seed, get("vae"))
             else:
                 model, record = train_dit(args.out, args.seed, get("text_encoder"), get("vae"))
         except StageFailed as err:
@@ -504,6 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         trained[stage] = model
         save_component(args.out, stage, model, manifest)
         manifest["training"][stage] = record
+        # Re-read the manifest just before writing: stages trained at the same time by other
+        # processes keep their entries; this stage contributes only its own files and record.
+        on_disk = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+            "sha256": {}, "training": {}}  # fmt: skip
+        prefix = FOLDERS[stage] + "/"
+        on_disk["sha256"].update({k: v for k, v in manifest["sha256"].items()
+                                  if k.startswith(prefix) or k not in on_disk["sha256"]})
+        on_disk["training"][stage] = record
+        manifest = on_disk
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
         Checkpoint(args.out, stage).remove()
         print(f"[{stage}] done in {record['seconds']} s: {record['final']}", flush=True)
@@ -511,4 +527,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, so that stages defined in other modules (which import
+    # this one) raise the same StageFailed class that main catches.
+    from lib.diffusion.testbed.train import main as _main
+
+    raise SystemExit(_main())
