@@ -185,3 +185,25 @@ def test_shipped_asymmetric_decoder_is_hash_checked():
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_training_stage_runs(vae, tmp_path):
+    """One step of the ``asym_decoder`` stage on a tiny batch; a missed criterion fails loudly."""
+    from lib.diffusion.testbed import train as training
+    from lib.diffusion.testbed.train_asymmetric_decoder import (
+        masks_for_training,
+        train_asymmetric_decoder,
+    )
+
+    torch.set_num_threads(1)
+    model, record = train_asymmetric_decoder(tmp_path, 0, vae, max_steps=1, eval_every=1,
+                                             batch_size=2, n_val=4, gain_target=-1e9,
+                                             margin=1e9)  # fmt: skip
+    assert record["steps"] == 1 and next(model.parameters()).dtype == torch.float16
+    with pytest.raises(training.StageFailed, match="no quality criterion"):
+        train_asymmetric_decoder(tmp_path / "x", 0, vae, max_steps=1, eval_every=1,
+                                 batch_size=2, n_val=4, gain_target=1e9)  # fmt: skip
+    full = masks_for_training(64, np.random.default_rng(0), p_full=1.0)
+    assert (full == 1).all()
+    with pytest.raises(ValueError, match="p_full"):
+        masks_for_training(2, np.random.default_rng(0), p_full=2.0)
