@@ -28,6 +28,7 @@ from diffusers import (
 from transformers import CLIPTextModel
 
 from lib.diffusion import sampling
+from lib.diffusion.fingerprinting import FingerprintModulation
 from lib.diffusion.mask_conditioned_decoder import AsymmetricDecoder
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import MiniTokenizer
@@ -38,7 +39,8 @@ MANIFEST = "manifest.json"
 FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae",
            "unet": "unet", "dit": "transformer", "scheduler": "scheduler",
            "flow_scheduler": "flow_scheduler",
-           "asym_decoder": "asymmetric_decoder"}  # fmt: skip
+           "asym_decoder": "asymmetric_decoder", "fingerprint": "fingerprint",
+           "fingerprint_plain": "fingerprint_plain"}  # fmt: skip
 """Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
 ``transformer``)."""
 
@@ -95,7 +97,8 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
     if part == "flow_scheduler":
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
-           "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder}[part]  # fmt: skip
+           "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder,
+           "fingerprint": FingerprintModulation, "fingerprint_plain": FingerprintModulation}[part]
     extra = {"torch_dtype": torch.float32} if part == "asym_decoder" else {}  # ships float16
     model = cls.from_pretrained(path, use_safetensors=True, **extra)
     return model.eval().requires_grad_(False)

@@ -54,7 +54,8 @@ from lib.diffusion.testbed.evaluators import (
 )
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder")
+STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder",
+          "fingerprint", "fingerprint_plain")
 EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
 
 
@@ -494,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
                 model, record = train_asymmetric_decoder(args.out, args.seed, get("vae"))
+            elif stage in ("fingerprint", "fingerprint_plain"):  # own module, like asym_decoder
+                from lib.diffusion.testbed.train_fingerprint import train_fingerprint
+
+                model, record = train_fingerprint(args.out, args.seed, get("vae"),
+                                                  augment=stage == "fingerprint")
             else:
                 model, record = train_dit(args.out, args.seed, get("text_encoder"), get("vae"))
         except StageFailed as err:
