@@ -87,6 +87,7 @@ testbed: setup
 # network: about 3 minutes on 2 cores).
 weights: setup
 	$(BIN)/python -m lib.robust.train_set_value_network
+	$(BIN)/python -m lib.materials.train_periodic_score_vae
 	$(BIN)/python -m lib.diffusion.train_toy_rectification
 	$(BIN)/python -m lib.vision.train_normal_estimators
 

@@ -1,0 +1,1 @@
+"""Materials: periodic toy crystals, structure matching and periodic generative models."""
