@@ -78,13 +78,16 @@ chapter: setup
 	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
 
 # Trains only the stages missing from lib/diffusion/testbed/weights/manifest.json; pass
-# TESTBED_ARGS="--force" to retrain everything (32 min from nothing on 2 idle cores).
+# TESTBED_ARGS="--force" to retrain everything (32 min from nothing on 2 idle cores for the first
+# four stages; the asymmetric decoder and the two fingerprint stages add about 14 min each).
 testbed: setup
 	$(BIN)/python -m lib.diffusion.testbed.train $(TESTBED_ARGS)
 
 # The small trained weights that chapters other than the testbed ship, each written by a seeded
-# script with a manifest of SHA-256 hashes that the loader verifies (Neur2RO's set-based value
-# network: about 3 minutes on 2 cores).
+# script with a manifest of SHA-256 hashes that the loader verifies. One line per script, as the
+# helpers measured them on one contended core: Neur2RO's set-based value network (about 3 min),
+# CDVAE's periodic score VAE (165 s), the 2-D rectification toys (124 s), StableNormal's four
+# estimators (266 s).
 weights: setup
 	$(BIN)/python -m lib.robust.train_set_value_network
 	$(BIN)/python -m lib.materials.train_periodic_score_vae
