@@ -22,7 +22,8 @@ from lib.materials.periodic_toy import (
     structural_validity,
 )
 from lib.materials.structure_matching import SQUARE_SYMMETRIES, match_rate, rms_distance
-from lib.materials.weights_io import WEIGHTS, load_models, manifest, sha256_file
+from lib.materials.weights_io import WEIGHTS, load_models, manifest
+from lib.util.shipped_weights import sha256_file
 
 
 def _toy(seed=0, n=4):

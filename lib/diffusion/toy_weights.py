@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from lib.diffusion.pair_rectification import TimeMLP
-from lib.diffusion.testbed.evaluators import sha256_file
+from lib.util.shipped_weights import load_verified, sha256_file
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "toy_rectification"
 
@@ -48,19 +48,11 @@ def read_manifest(folder: Path = WEIGHTS) -> dict:
 def load_models(folder: Path = WEIGHTS) -> tuple[dict[str, TimeMLP], dict]:
     """All models of the manifest, each verified against its SHA-256, in eval mode; and the
     manifest itself (architecture and training record)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     models = {}
     for filename, expected in manifest["sha256"].items():
-        path = folder / filename
-        if not path.is_file():
-            raise ValueError(f"{path} is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ValueError(f"SHA-256 of {path} is {actual}, the manifest says {expected}")
         model = TimeMLP(**manifest["architecture"])
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_verified(folder / filename, expected))
         models[filename.removesuffix(".safetensors")] = model.eval().requires_grad_(False)
     return models, manifest

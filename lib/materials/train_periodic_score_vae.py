@@ -31,7 +31,8 @@ from lib.materials.periodic_score_vae import (
     to_tensors,
 )
 from lib.materials.periodic_toy import make_periodic_toy
-from lib.materials.weights_io import WEIGHTS, sha256_file
+from lib.materials.weights_io import WEIGHTS
+from lib.util.shipped_weights import sha256_file
 
 SEED = 0
 DATA = dict(n=2000, seed=12345, n_atoms=(4, 6))

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
+from lib.util.shipped_weights import load_verified
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "periodic_score_vae"
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def manifest(folder: Path = WEIGHTS) -> dict:
@@ -35,9 +30,6 @@ def load_models(folder: Path = WEIGHTS) -> dict:
               "direct": DirectDecoderVAE(**net)}
     for name, model in models.items():
         path = Path(folder) / f"{name}.safetensors"
-        digest = sha256_file(path)
-        if digest != info["sha256"].get(path.name):
-            raise ValueError(f"{path.name}: SHA-256 {digest} does not match the manifest")
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_verified(path, info["sha256"].get(path.name)))
         model.eval()
     return models

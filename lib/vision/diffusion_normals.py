@@ -13,7 +13,6 @@ features the paper feeds through a control branch. All networks predict the clea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
+
+from lib.util.shipped_weights import load_verified, sha256_file
 
 __all__ = [
     "KINDS",
@@ -244,10 +245,6 @@ def stablenormal(yoso_net: NormalUNet, refiner: NormalUNet, image: torch.Tensor,
                              feats=context_features(image)))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_estimators(nets: dict[str, NormalUNet], folder: Path, meta: dict) -> None:
     """Write each net as float16 ``<kind>.safetensors`` plus ``manifest.json`` (SHA-256, meta)."""
     from safetensors.torch import save_file
@@ -259,7 +256,7 @@ def save_estimators(nets: dict[str, NormalUNet], folder: Path, meta: dict) -> No
         path = folder / f"{kind}.safetensors"
         save_file({k: v.detach().half().contiguous() for k, v in net.state_dict().items()},
                   str(path))
-        hashes[path.name] = _sha256(path)
+        hashes[path.name] = sha256_file(path)
     (folder / "manifest.json").write_text(json.dumps({"sha256": hashes, "training": meta},
                                                      indent=2) + "\n")
 
@@ -267,7 +264,6 @@ def save_estimators(nets: dict[str, NormalUNet], folder: Path, meta: dict) -> No
 def load_estimators(folder: Path) -> tuple[dict[str, NormalUNet], dict]:
     """Load the shipped estimators after checking every file's SHA-256 against the manifest
     (nothing is unpickled). Returns the nets (float32, eval mode) and the training record."""
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -279,12 +275,8 @@ def load_estimators(folder: Path) -> tuple[dict[str, NormalUNet], dict]:
     nets = {}
     for kind in KINDS:
         path = folder / f"{kind}.safetensors"
-        expected = manifest.get("sha256", {}).get(path.name)
-        if expected is None or not path.is_file():
-            raise ValueError(f"{path} or its hash is missing from {manifest_path}")
-        if (actual := _sha256(path)) != expected:
-            raise ValueError(f"SHA-256 of {path} is {actual}, the manifest says {expected}")
+        state = load_verified(path, manifest.get("sha256", {}).get(path.name))
         net = NormalUNet(size=meta.get("size", 24), features=kind == "refiner")
-        net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+        net.load_state_dict({k: v.float() for k, v in state.items()})
         nets[kind] = net.eval()
     return nets, meta
