@@ -33,7 +33,6 @@ network needs no binaries at all (this shortcut is our own derivation, not the o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 from lib.robust.capital_budgeting import CapitalBudgetingInstance, second_stage_value
 from lib.robust.training_data import sample_plans, sample_scenarios
 from lib.robust.value_network import Layer, ValueNetwork, _mlp
+from lib.util.shipped_weights import sha256_file, verify_file
 
 PARTS = ("phi_x", "rho_x", "phi_xi", "rho_xi", "head")
 
@@ -167,10 +167,6 @@ class SetValueNetwork:
         return cls(**parts, meta=dict(meta or {}))
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save(net: SetValueNetwork, folder: Path, name: str = "set_value_network") -> Path:
     """Write ``<name>.safetensors`` and ``manifest.json`` (its SHA-256 and ``net.meta``)."""
     from safetensors.numpy import save_file
@@ -195,14 +191,7 @@ def load(folder: Path, name: str = "set_value_network") -> SetValueNetwork:
         raise ValueError(f"{manifest_path} is missing; train with `make neur2ro-weights`")
     manifest = json.loads(manifest_path.read_text())
     path = folder / f"{name}.safetensors"
-    expected = manifest.get("sha256", {}).get(path.name)
-    if expected is None:
-        raise ValueError(f"{manifest_path} records no hash for {path.name}")
-    if not path.is_file():
-        raise ValueError(f"{path} is missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ValueError(f"SHA-256 of {path} is {actual}, the manifest says {expected}")
+    verify_file(path, manifest.get("sha256", {}).get(path.name))
     return SetValueNetwork.from_tensors(load_file(str(path)), manifest.get("training", {}))
 
 

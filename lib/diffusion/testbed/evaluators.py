@@ -23,7 +23,6 @@ which checks their SHA-256 against the manifest and reads safetensors only (neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from lib.diffusion.testbed.data import (
     generate,
     parse_caption,
 )
+from lib.util.shipped_weights import sha256_file, verify_file
 
 HEADS: dict[str, int] = {
     "colour": len(COLOURS),
@@ -157,15 +157,6 @@ class CaptionClassifier(nn.Module):
         return model.eval()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_caption_classifier(folder: str | Path | None = None) -> CaptionClassifier:
     """The shipped (or a saved) classifier, after checking its files against ``manifest.json``.
 
@@ -181,14 +172,7 @@ def load_caption_classifier(folder: str | Path | None = None) -> CaptionClassifi
         )
     manifest = json.loads(manifest_path.read_text())
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        expected = manifest.get("sha256", {}).get(name)
-        if expected is None:
-            raise ValueError(f"{manifest_path} records no SHA-256 for {name}")
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder} has no {name}")
-        actual = sha256_file(folder / name)
-        if actual != expected:
-            raise ValueError(f"SHA-256 of {folder / name} is {actual}, manifest says {expected}")
+        verify_file(folder / name, manifest.get("sha256", {}).get(name))
     return CaptionClassifier.from_pretrained(folder)
 
 
