@@ -32,7 +32,7 @@ from lib.diffusion.fingerprinting import FingerprintModulation
 from lib.diffusion.mask_conditioned_decoder import AsymmetricDecoder
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import MiniTokenizer
-from lib.diffusion.testbed.evaluators import sha256_file
+from lib.util.shipped_weights import sha256_file, verify_file
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
@@ -76,12 +76,7 @@ def verify(folder: Path, manifest: dict, parts: Sequence[str]) -> None:
             raise ValueError(f"{folder / MANIFEST} records no files for {part!r}; train it with "
                              "`make testbed`")  # fmt: skip
         for name, expected in files.items():
-            path = folder / name
-            if not path.is_file():
-                raise ValueError(f"{path} is missing")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise ValueError(f"SHA-256 of {path} is {actual}, the manifest says {expected}")
+            verify_file(folder / name, expected)
 
 
 def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any:
