@@ -87,12 +87,13 @@ testbed: setup
 # script with a manifest of SHA-256 hashes that the loader verifies. One line per script, as the
 # helpers measured them on one contended core: Neur2RO's set-based value network (about 3 min),
 # CDVAE's periodic score VAE (165 s), the 2-D rectification toys (124 s), StableNormal's four
-# estimators (266 s).
+# estimators (266 s), tumour-volume registration's two displacement networks (181 s).
 weights: setup
 	$(BIN)/python -m lib.robust.train_set_value_network
 	$(BIN)/python -m lib.materials.train_periodic_score_vae
 	$(BIN)/python -m lib.diffusion.train_toy_rectification
 	$(BIN)/python -m lib.vision.train_normal_estimators
+	$(BIN)/python -m lib.registration.train_displacement_networks
 
 # Jupytext's contents manager lets Lab open the .md chapters as notebooks; the override makes
 # that the default viewer for MyST/markdown files, so a double click opens a notebook.

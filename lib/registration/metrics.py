@@ -49,3 +49,15 @@ def square_tumour_size_ratio(tsr: torch.Tensor) -> torch.Tensor:
         raise ValueError("tumour size ratios cannot be negative")
     worse = torch.maximum(tsr, 1 / tsr)
     return (worse**2).mean()
+
+
+def evaluate_registration(disp: torch.Tensor, moving_organ: torch.Tensor,
+                          moving_tumour: torch.Tensor, fixed_organ: torch.Tensor) -> dict:
+    """Organ Dice, TSR per pair and STSR of the fields ``disp`` (B, 2, H, W) on a batch of pairs:
+    the moving masks are warped by ``disp`` and compared with the fixed organ and the tumour."""
+    from lib.registration.deformation import warp
+
+    w_organ, w_tumour = warp(moving_organ, disp), warp(moving_tumour, disp)
+    tsr = tumour_size_ratio(w_tumour, moving_tumour, w_organ, moving_organ)
+    return dict(dice=dice(w_organ, fixed_organ).numpy(), tsr=tsr.numpy(),
+                stsr=float(square_tumour_size_ratio(tsr)))

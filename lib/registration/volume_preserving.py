@@ -3,8 +3,10 @@
 Stage 1 registers by similarity alone; the volume change it applies, relative to the organ's,
 marks tumour-like regions as a soft mask (paper Sec. 3.2). Stage 2 registers again with an
 adaptive volume-preserving loss weighted by that mask, and down-weights the similarity inside it
-(Sec. 3.3). The paper trains registration networks with these losses; here each pair's field is
-optimised directly (a coarse control grid, Adam), which minimises the same objective per pair.
+(Sec. 3.3). The paper trains registration networks with these losses
+(:mod:`lib.registration.displacement_network` does); :func:`register` optimises each pair's
+field directly (a coarse control grid, Adam), the instance-optimisation baseline that minimises
+the same objective per pair.
 """
 
 from __future__ import annotations
@@ -85,6 +87,45 @@ def adaptive_volume_preserving_loss(disp: torch.Tensor, warped_mask: torch.Tenso
     return (m * penalty).sum((1, 2)) / m.sum((1, 2)).clamp(min=1e-6)
 
 
+def registration_loss(
+    disp: torch.Tensor,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    moving_organ: torch.Tensor,
+    *,
+    tumour_mask: torch.Tensor | None = None,
+    vp_weight: float = 0.0,
+    mask_similarity: bool = True,
+    smooth_weight: float = 0.5,
+    similarity_scale: float = 100.0,
+) -> torch.Tensor:
+    """The registration objective per pair, shape (B,): Eq. L_1 without ``tumour_mask``, the
+    paper's Stage-2 loss L_2 with it (Sec. 3.3):
+
+        similarity_scale * mean_x (1 - M_w(x)) (M o phi - F)^2 + smooth_weight * mean |grad u|^2
+            + vp_weight * (L_avp - 1),
+
+    ``M_w`` the moving-frame ``tumour_mask`` warped by ``disp`` (treated as a constant, as in the
+    official code), the weight ``1 - M_w`` only when ``mask_similarity``. The same function
+    drives the per-pair optimisation (:func:`register`) and the networks' training."""
+    if vp_weight < 0 or smooth_weight < 0 or similarity_scale <= 0:
+        raise ValueError("loss weights must be non-negative and similarity_scale positive")
+    if vp_weight > 0 and tumour_mask is None:
+        raise ValueError("a volume-preserving weight needs a tumour_mask to act on")
+    err = (warp(moving, disp) - fixed).pow(2)
+    loss = smooth_weight * smoothness(disp)
+    if tumour_mask is not None:
+        with torch.no_grad():
+            warped_mask = warp(tumour_mask, disp)
+            organ_ratio = organ_area_ratio(disp, moving_organ)
+        if mask_similarity:
+            err = err * (1 - warped_mask)
+        if vp_weight > 0:
+            loss = loss + vp_weight * (adaptive_volume_preserving_loss(
+                disp, warped_mask, organ_ratio) - 1)
+    return loss + err.mean((1, 2, 3)) * similarity_scale
+
+
 @dataclass
 class Registration:
     """A registration result: the dense field, the warped moving image, and the loss history."""
@@ -129,24 +170,14 @@ def register(
     b, _, h, w = moving.shape
     coarse = torch.zeros(b, 2, grid, grid, requires_grad=True)
     opt = torch.optim.Adam([coarse], lr=lr)
-    blurred = [_blur(x, 1.5) for x in (moving, fixed)]
+    blurred = [gaussian_blur(x, 1.5) for x in (moving, fixed)]
     losses = []
     for step in range(steps):
         src, dst = blurred if step < blur_steps * steps else (moving, fixed)
         disp = upsample_displacement(coarse, (h, w))
-        warped = warp(src, disp)
-        err = (warped - dst).pow(2)
-        loss = smooth_weight * smoothness(disp)
-        if tumour_mask is not None:
-            with torch.no_grad():
-                warped_mask = warp(tumour_mask, disp)
-                organ_ratio = organ_area_ratio(disp, moving_organ)
-            if mask_similarity:
-                err = err * (1 - warped_mask)
-            if vp_weight > 0:
-                loss = loss + vp_weight * (adaptive_volume_preserving_loss(
-                    disp, warped_mask, organ_ratio) - 1)
-        loss = (loss + err.mean((1, 2, 3)) * 100).sum()
+        loss = registration_loss(disp, src, dst, moving_organ, tumour_mask=tumour_mask,
+                                 vp_weight=vp_weight, mask_similarity=mask_similarity,
+                                 smooth_weight=smooth_weight).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -156,7 +187,14 @@ def register(
         return Registration(disp=disp, warped=warp(moving, disp), losses=losses)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images, replicate padding (the coarse-to-fine
+    curriculum's first phase compares blurred images)."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if x.shape[1] != 1:
+        x_ = x.reshape(-1, 1, *x.shape[2:])
+        return gaussian_blur(x_, sigma).reshape(x.shape)
     radius = int(3 * sigma)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k = torch.exp(-t**2 / (2 * sigma**2))
