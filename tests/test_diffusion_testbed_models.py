@@ -203,7 +203,7 @@ def test_manifest_covers_every_shipped_file():
     assert shipped == set(manifest["sha256"])
     size = sum(p.stat().st_size for p in loader.WEIGHTS.rglob("*") if p.is_file()
                and ".resume" not in p.parts)  # fmt: skip
-    assert size < 20e6
+    assert size < 25e6  # testbed II (flawed UNet, OMS, LoRAs) adds about 4 MB
 
 
 def test_tampered_weights_are_refused(tmp_path):
