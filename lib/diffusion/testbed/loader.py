@@ -29,6 +29,7 @@ from transformers import CLIPTextModel
 
 from lib.diffusion import sampling
 from lib.diffusion.fingerprinting import FingerprintModulation
+from lib.diffusion.lora_adapters import LoraAdapter
 from lib.diffusion.mask_conditioned_decoder import AsymmetricDecoder
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import MiniTokenizer
@@ -40,10 +41,13 @@ FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae
            "unet": "unet", "dit": "transformer", "scheduler": "scheduler",
            "flow_scheduler": "flow_scheduler",
            "asym_decoder": "asymmetric_decoder", "fingerprint": "fingerprint",
-           "fingerprint_plain": "fingerprint_plain", "flawed_unet": "flawed_unet",
-           "oms": "oms", "flawed_style_lora": "flawed_style_lora"}  # fmt: skip
+           "fingerprint_plain": "fingerprint_plain", "style_lora": "style_lora",
+           "lcm_lora": "lcm_lora"}  # fmt: skip
 """Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
 ``transformer``)."""
+LORA_PARTS = ("style_lora", "lcm_lora", "flawed_style_lora")
+"""Parts that are peft LoRA adapters (:class:`~lib.diffusion.lora_adapters.LoraAdapter`, float16
+safetensors); attach one to a UNet with ``adapter.attach(unet, name)``."""
 
 
 def _record(folder: Path, part: str, manifest: dict) -> None:
@@ -93,11 +97,10 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
     if part == "flow_scheduler":
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
-           "flawed_unet": UNet2DConditionModel, "oms": UNet2DConditionModel,
            "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder,
-           "fingerprint": FingerprintModulation, "fingerprint_plain": FingerprintModulation}[part]
-    extra = ({"torch_dtype": torch.float32} if part in ("asym_decoder", "flawed_unet")
-             else {})  # these ship in float16  # fmt: skip
+           "fingerprint": FingerprintModulation, "fingerprint_plain": FingerprintModulation,
+           **{p: LoraAdapter for p in LORA_PARTS}}[part]
+    extra = {"torch_dtype": torch.float32} if part == "asym_decoder" else {}  # ships float16
     model = cls.from_pretrained(path, use_safetensors=True, **extra)
     return model.eval().requires_grad_(False)
 

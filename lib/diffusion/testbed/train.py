@@ -55,7 +55,7 @@ from lib.diffusion.testbed.evaluators import (
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder",
-          "fingerprint", "fingerprint_plain", "flawed_unet", "oms", "flawed_style_lora")
+          "fingerprint", "fingerprint_plain", "style_lora", "lcm_lora")
 EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
 
 
@@ -271,14 +271,19 @@ def train_vae(out: Path, seed: int, max_steps: int = 6000, eval_every: int = 250
 
 class LatentPool:
     """A fixed pool of training images as autoencoder posteriors (mean, std) and captions;
-    each denoiser batch draws a fresh latent sample from the posteriors, as SD's training does."""
+    each denoiser batch draws a fresh latent sample from the posteriors, as SD's training does.
+    ``transform`` (e.g. a style, :func:`lib.diffusion.testbed.train_lora.stylise`) maps the
+    ``(n, 3, 32, 32)`` images in [0, 1] before encoding."""
 
-    def __init__(self, vae: nn.Module, n: int, seed: int) -> None:
+    def __init__(self, vae: nn.Module, n: int, seed: int,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:  # fmt: skip
         data = generate(n, seed=(seed, 40), split="train")
+        images = torch.from_numpy(np.ascontiguousarray(
+            data.images if transform is None else transform(data.images), dtype=np.float32))
         means, stds = [], []
         with torch.no_grad():
             for i in range(0, n, 512):
-                dist = vae.encode(data.images_tensor()[i:i + 512] * 2 - 1).latent_dist
+                dist = vae.encode(images[i:i + 512] * 2 - 1).latent_dist
                 means.append(dist.mean)
                 stds.append(dist.std)
         self.mean, self.std = torch.cat(means), torch.cat(stds)
@@ -500,19 +505,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 model, record = train_fingerprint(args.out, args.seed, get("vae"),
                                                   augment=stage == "fingerprint")
-            elif stage in ("flawed_unet", "oms", "flawed_style_lora"):  # own module
-                from lib.diffusion.testbed import train_flawed_schedule as tfs
+            elif stage == "style_lora":  # own module (shared with the flawed UNet's style LoRA)
+                from lib.diffusion.testbed.train_lora import train_style_lora
 
-                if stage == "flawed_unet":
-                    model, record = tfs.train_flawed_unet(args.out, args.seed, get("text_encoder"),
-                                                          get("vae"), get("unet"))  # fmt: skip
-                    tfs.save_flawed_scheduler(args.out / FOLDERS[stage])
-                elif stage == "oms":
-                    model, record = tfs.train_oms(args.out, args.seed, get("text_encoder"),
-                                                  get("vae"))  # fmt: skip
-                else:
-                    model, record = tfs.train_flawed_style_lora(
-                        args.out, args.seed, get("text_encoder"), get("vae"), get("flawed_unet"))
+                model, record = train_style_lora(stage, args.out, args.seed, get("unet"),
+                                                 models.unet_scheduler("ddpm"),
+                                                 get("text_encoder"), get("vae"))  # fmt: skip
+            elif stage == "lcm_lora":  # own module
+                from lib.diffusion.testbed.train_lcm_lora import train_lcm_lora
+
+                model, record = train_lcm_lora(args.out, args.seed, get("unet"),
+                                               get("text_encoder"), get("vae"))  # fmt: skip
             else:
                 model, record = train_dit(args.out, args.seed, get("text_encoder"), get("vae"))
         except StageFailed as err:
