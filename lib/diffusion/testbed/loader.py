@@ -41,8 +41,9 @@ FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae
            "unet": "unet", "dit": "transformer", "scheduler": "scheduler",
            "flow_scheduler": "flow_scheduler",
            "asym_decoder": "asymmetric_decoder", "fingerprint": "fingerprint",
-           "fingerprint_plain": "fingerprint_plain", "style_lora": "style_lora",
-           "lcm_lora": "lcm_lora"}  # fmt: skip
+           "fingerprint_plain": "fingerprint_plain", "flawed_unet": "flawed_unet",
+           "oms": "oms", "flawed_style_lora": "flawed_style_lora",
+           "style_lora": "style_lora", "lcm_lora": "lcm_lora"}  # fmt: skip
 """Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
 ``transformer``)."""
 LORA_PARTS = ("style_lora", "lcm_lora", "flawed_style_lora")
@@ -97,10 +98,12 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
     if part == "flow_scheduler":
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
+           "flawed_unet": UNet2DConditionModel, "oms": UNet2DConditionModel,
            "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder,
            "fingerprint": FingerprintModulation, "fingerprint_plain": FingerprintModulation,
            **{p: LoraAdapter for p in LORA_PARTS}}[part]
-    extra = {"torch_dtype": torch.float32} if part == "asym_decoder" else {}  # ships float16
+    extra = ({"torch_dtype": torch.float32} if part in ("asym_decoder", "flawed_unet")
+             else {})  # these ship in float16  # fmt: skip
     model = cls.from_pretrained(path, use_safetensors=True, **extra)
     return model.eval().requires_grad_(False)
 

@@ -55,7 +55,8 @@ from lib.diffusion.testbed.evaluators import (
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder",
-          "fingerprint", "fingerprint_plain", "style_lora", "lcm_lora")
+          "fingerprint", "fingerprint_plain", "flawed_unet", "oms", "flawed_style_lora",
+          "style_lora", "lcm_lora")
 EMPTY_DROP = 0.1  # fraction of captions replaced by "" so classifier-free guidance works
 
 
@@ -505,6 +506,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 model, record = train_fingerprint(args.out, args.seed, get("vae"),
                                                   augment=stage == "fingerprint")
+            elif stage in ("flawed_unet", "oms", "flawed_style_lora"):  # own module
+                from lib.diffusion.testbed import train_flawed_schedule as tfs
+
+                if stage == "flawed_unet":
+                    model, record = tfs.train_flawed_unet(args.out, args.seed, get("text_encoder"),
+                                                          get("vae"), get("unet"))  # fmt: skip
+                    tfs.save_flawed_scheduler(args.out / FOLDERS[stage])
+                elif stage == "oms":
+                    model, record = tfs.train_oms(args.out, args.seed, get("text_encoder"),
+                                                  get("vae"))  # fmt: skip
+                else:
+                    model, record = tfs.train_flawed_style_lora(
+                        args.out, args.seed, get("text_encoder"), get("vae"), get("flawed_unet"))
             elif stage == "style_lora":  # own module (shared with the flawed UNet's style LoRA)
                 from lib.diffusion.testbed.train_lora import train_style_lora
 
