@@ -11,7 +11,7 @@ from lib.diffusion.testbed.brightness import background_brightness, spread
 from lib.diffusion.testbed.data import generate
 from lib.diffusion.testbed.train_flawed_schedule import TERMINAL_SIGNAL, flawed_scheduler
 
-STAGES = ("flawed_unet", "oms")
+STAGES = ("flawed_unet", "oms", "flawed_style_lora")
 
 
 def test_shipped_hashes_and_records():
@@ -22,10 +22,12 @@ def test_shipped_hashes_and_records():
         assert record["seconds"] < 600 and record["threads"] == 1
     assert manifest["training"]["flawed_unet"]["fine_tuned_from"] == "unet"
     assert manifest["training"]["flawed_unet"]["final"]["caption_accuracy"] >= 0.9
+    assert manifest["training"]["flawed_style_lora"]["fine_tuned_from"].startswith("the flawed")
     final = manifest["training"]["oms"]["final"]
     assert final["dark_brightness"] < 0.25 < 0.75 < final["bright_brightness"]
     for f in ("flawed_unet/diffusion_pytorch_model.safetensors",
-              "oms/diffusion_pytorch_model.safetensors"):
+              "oms/diffusion_pytorch_model.safetensors",
+              "flawed_style_lora/adapter_model.safetensors"):
         assert (loader.WEIGHTS / f).stat().st_size < 2.5e6
 
 

@@ -13,7 +13,7 @@
   caption accuracy (colour and shape) of 20-step guided DDIM samples >= 0.9, as the ``unet``
   stage. The folder also holds the DDIM sampler's ``scheduler_config.json``.
 * ``oms``: the One More Step module (:mod:`lib.diffusion.zero_snr_step`), a small
-  ``UNet2DConditionModel`` (channels 16, 32; 0.2 M parameters) trained from scratch as the
+  ``UNet2DConditionModel`` (channels 16, 32; 0.28 M parameters) trained from scratch as the
   paper trains it: v-prediction at SNR 0 on the testbed's training latents and captions (10 %
   empty, for its own guidance), on the frozen testbed text encoder. It never sees either
   denoiser. Criterion (checked every 300 steps): the decoded clean estimate of 64 "dark" and 64
@@ -64,7 +64,7 @@ def flawed_scheduler(kind: str = "ddim") -> DDIMScheduler | DDPMScheduler:
 
 def oms_unet() -> UNet2DConditionModel:
     """A fresh OMS module: ``UNet2DConditionModel`` on 8x8x4 latents, channels (16, 32),
-    cross-attention at both levels (0.2 M parameters; driven at timestep 0 only)."""
+    cross-attention at both levels (0.28 M parameters; driven at timestep 0 only)."""
     return UNet2DConditionModel(
         sample_size=models.LATENT_SIZE, in_channels=models.LATENT_CHANNELS,
         out_channels=models.LATENT_CHANNELS,
@@ -171,5 +171,7 @@ def train_flawed_style_lora(out: Path, seed: int, text: nn.Module, vae: nn.Modul
     flawed schedule."""
     from lib.diffusion.testbed.train_lora import train_style_lora
 
-    return train_style_lora("flawed_style_lora", out, seed, flawed_unet,
-                            flawed_scheduler("ddpm"), text, vae)  # fmt: skip
+    adapter, record = train_style_lora("flawed_style_lora", out, seed, flawed_unet,
+                                       flawed_scheduler("ddpm"), text, vae)  # fmt: skip
+    record["fine_tuned_from"] = "the flawed_unet stage's weights, frozen (LoRA only)"
+    return adapter, record
