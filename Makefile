@@ -78,10 +78,12 @@ chapter: setup
 	$(EXECUTE) --durations=1 _chapter/$(CHAPTER).ipynb
 
 # Trains only the stages missing from lib/diffusion/testbed/weights/manifest.json; pass
-# TESTBED_ARGS="--force" to retrain everything (32 min from nothing on 2 idle cores for the first
-# four stages; the asymmetric decoder and the two fingerprint stages add about 14 min each).
+# TESTBED_ARGS="--force" to retrain everything. --parallel trains the four base stages (text
+# encoder, autoencoder, UNet, DiT: about 42 min of recorded training on 2 threads), then the
+# fine-tuned stages as two one-thread lanes at once (lib.diffusion.testbed.train.LANES, about
+# 27 min of recorded training each): about 70 min from nothing, plus evaluations.
 testbed: setup
-	$(BIN)/python -m lib.diffusion.testbed.train $(TESTBED_ARGS)
+	$(BIN)/python -m lib.diffusion.testbed.train --parallel $(TESTBED_ARGS)
 
 # The small trained weights that chapters other than the testbed ship, each written by a seeded
 # script with a manifest of SHA-256 hashes that the loader verifies. One line per script, as the

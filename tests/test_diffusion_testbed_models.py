@@ -242,3 +242,15 @@ def test_shipped_denoisers_follow_colour_and_shape(denoiser):
     assert images.shape == (48, 3, 32, 32)
     acc = caption_accuracy(load_caption_classifier(), images, prompts)
     assert acc.accuracy >= 0.8, acc
+
+
+def test_parallel_lanes_cover_every_stage_once():
+    from lib.diffusion.testbed import train
+
+    lanes = [s for lane in train.LANES for s in lane]
+    assert len(lanes) == len(set(lanes)) and not set(lanes) & set(train.BASE_STAGES)
+    assert set(lanes) | set(train.BASE_STAGES) == set(train.STAGES)
+    # A lane's stage may depend on an earlier stage of its own lane, never on the other lane.
+    order = {s: (i, lane.index(s)) for i, lane in enumerate(train.LANES) for s in lane}
+    assert order["flawed_unet"][1] < order["oms"][1] < order["flawed_style_lora"][1]
+    assert order["flawed_unet"][0] == order["flawed_style_lora"][0]
