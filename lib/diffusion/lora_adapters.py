@@ -16,6 +16,7 @@ loading reads only JSON and safetensors.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def add_lora(model: nn.Module, name: str, config: LoraConfig) -> list[nn.Paramet
     if name in getattr(model, "peft_config", {}):
         raise ValueError(f"the model already has an adapter named {name!r}")
     model.requires_grad_(False)
-    model.add_adapter(config, adapter_name=name)
+    with warnings.catch_warnings():  # a second adapter on one model is what mixing needs
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        model.add_adapter(config, adapter_name=name)
     model.set_adapter(name)
     params = [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
     for p in params:
@@ -93,7 +96,9 @@ class LoraAdapter(nn.Module):
         """Add this adapter to ``model`` under ``name`` (frozen) and return ``model``."""
         if name in getattr(model, "peft_config", {}):
             raise ValueError(f"the model already has an adapter named {name!r}")
-        model.add_adapter(LoraConfig(**self.config.to_dict()), adapter_name=name)
+        with warnings.catch_warnings():  # a second adapter on one model is what mixing needs
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            model.add_adapter(LoraConfig(**self.config.to_dict()), adapter_name=name)
         result = set_peft_model_state_dict(model, self.state(), adapter_name=name)
         missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if missing:

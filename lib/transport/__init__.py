@@ -1,0 +1,1 @@
+"""Neutron-transport iterations: discrete-ordinates slab sweeps and their acceleration."""
