@@ -155,6 +155,13 @@ class IterationResult:
     converged: bool
 
 
+def _step(slab: Slab, accelerate: Callable[[np.ndarray], np.ndarray] | None, phi: np.ndarray,
+          q: np.ndarray | float) -> np.ndarray:  # fmt: skip
+    """One SI sweep with the scattering source of ``phi``, then the DSA correction if any."""
+    half = sweep_dd(slab, slab.c * phi + q)
+    return half if accelerate is None else half + accelerate(slab.c * (half - phi))
+
+
 def _iterate(slab: Slab, accelerate, tol: float, max_iter: int,
              phi0: np.ndarray | None) -> IterationResult:  # fmt: skip
     if tol <= 0 or max_iter < 1:
@@ -165,8 +172,7 @@ def _iterate(slab: Slab, accelerate, tol: float, max_iter: int,
     q = np.full(slab.cells, slab.q)
     res = []
     for it in range(1, max_iter + 1):
-        half = sweep_dd(slab, slab.c * phi + q)
-        new = half if accelerate is None else half + accelerate(slab.c * (half - phi))
+        new = _step(slab, accelerate, phi, q)
         if not np.all(np.isfinite(new)):
             return IterationResult(new, it, np.array(res), False)
         res.append(float(np.max(np.abs(new - phi))))
@@ -297,11 +303,7 @@ def _one_iteration(slab: Slab, method: str) -> Callable[[np.ndarray], np.ndarray
         raise ValueError(f"method must be 'si', 'dsa' or 'dsa-inconsistent', got {method!r}")
     accelerate = None if method == "si" else diffusion_correction(slab, method == "dsa")
 
-    def step(phi: np.ndarray) -> np.ndarray:
-        half = sweep_dd(slab, slab.c * phi)
-        return half if accelerate is None else half + accelerate(slab.c * (half - phi))
-
-    return step
+    return lambda phi: _step(slab, accelerate, phi, 0.0)
 
 
 def iteration_matrix_rho(slab: Slab, method: str = "dsa") -> float:

@@ -488,14 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             trained[stage] = load_component(args.out, stage, manifest)
         return trained[stage]
 
-    from lib.diffusion.testbed import train_evaluator
-
-    judge = args.out / "caption_classifier"
-    if (args.force and not args.keep_classifier) or not (judge / MANIFEST_FILE).is_file():
-        print("[classifier] training the caption classifier", flush=True)
-        if train_evaluator.main(["--seed", str(args.seed), "--threads", str(args.threads),
-                                 "--out", str(judge)]):  # fmt: skip
-            return 1
+    if not _ensure_classifier(args):
+        return 1
     for stage in STAGES:
         if stage not in args.only:
             continue
@@ -577,33 +571,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ensure_classifier(args: argparse.Namespace) -> bool:
+    """Train the caption classifier that judges samples when its weights are missing, or under
+    ``--force`` without ``--keep-classifier``; ``False`` if its training failed."""
+    from lib.diffusion.testbed import train_evaluator
+
+    judge = args.out / "caption_classifier"
+    if (args.force and not args.keep_classifier) or not (judge / MANIFEST_FILE).is_file():
+        print("[classifier] training the caption classifier", flush=True)
+        return not train_evaluator.main(["--seed", str(args.seed), "--threads",
+                                         str(args.threads), "--out", str(judge)])  # fmt: skip
+    return True
+
+
 def _run_parallel(args: argparse.Namespace) -> int:
-    """``--parallel``: the requested base stages in this process, then each lane's requested
-    stages in its own one-thread process (``--threads 1 --keep-classifier``), both at once."""
+    """``--parallel``: the classifier and the requested base stages in this process, then each
+    lane's requested stages in its own one-thread process, both at once. Every process after
+    the first gets ``--keep-classifier``, so the classifier is trained once."""
     import subprocess
 
     missing = set(STAGES) - set(BASE_STAGES) - {s for lane in LANES for s in lane}
     if missing:
         raise ValueError(f"stages in no lane of --parallel: {sorted(missing)}")
-    kept = ["--seed", str(args.seed), "--out", str(args.out)] + (["--force"] if args.force else [])
-    kept += ["--keep-classifier"] if args.keep_classifier else []
+    if not _ensure_classifier(args):
+        return 1
+    kept = ["--seed", str(args.seed), "--out", str(args.out), "--keep-classifier"]
+    kept += ["--force"] if args.force else []
     base = [s for s in BASE_STAGES if s in args.only]
     if base and main(kept + ["--threads", str(args.threads), "--only", *base]):
         return 1
-    if not base:  # the lanes must not both train a missing classifier
-        from lib.diffusion.testbed import train_evaluator
-
-        judge = args.out / "caption_classifier"
-        if (args.force and not args.keep_classifier) or not (judge / MANIFEST_FILE).is_file():
-            if train_evaluator.main(["--seed", str(args.seed), "--threads", str(args.threads),
-                                     "--out", str(judge)]):  # fmt: skip
-                return 1
     cmd = [sys.executable, "-m", "lib.diffusion.testbed.train", *kept, "--threads", "1"]
-    cmd += [] if "--keep-classifier" in cmd else ["--keep-classifier"]
     procs = [subprocess.Popen([*cmd, "--only", *stages])
              for stages in ([s for s in lane if s in args.only] for lane in LANES) if stages]
-    codes = [p.wait() for p in procs]
-    return max(codes, default=0)
+    return max((p.wait() for p in procs), default=0)
 
 
 if __name__ == "__main__":
