@@ -9,6 +9,7 @@ from lib.diffusion.testbed.textures import (
     FAMILIES,
     TEXTURE_VOCABULARY,
     generate_textures,
+    scaled_crops,
     texture_caption,
 )
 from lib.vision.tileability import seam_score
@@ -53,6 +54,22 @@ def test_seam_score_is_one_for_periodic_and_large_for_cut_images():
     cut = generate_textures(256, seed=5, families=["wavy"]).images
     shifted = np.concatenate([cut[..., :16], cut[::-1, :, :, 16:]], axis=3)  # two halves
     assert np.median(seam_score(shifted)) > 1.5 * np.median(seam_score(cut))
+
+
+def test_scaled_crops_do_not_tile_and_scale_one_is_a_roll():
+    tex = generate_textures(256, seed=2)
+    crops = scaled_crops(tex.images, seed=1)
+    assert crops.shape == tex.images.shape and crops.dtype == np.float32
+    assert np.array_equal(crops, scaled_crops(tex.images, seed=1))
+    assert 0 <= crops.min() and crops.max() <= 1 + 1e-6
+    assert np.median(seam_score(crops)) > 2.0 > 1.1 > np.median(seam_score(tex.images))
+    # magnification 1 reads exactly one period at a shifted phase: still tileable
+    one = scaled_crops(tex.images, seed=0, scale=(1.0, 1.0))
+    assert np.median(seam_score(one)) < 1.1
+    with pytest.raises(ValueError, match="maps must be"):
+        scaled_crops(np.zeros((2, 3, 16, 16)))
+    with pytest.raises(ValueError, match="scale"):
+        scaled_crops(tex.images[:2], scale=(2.0, 1.0))
 
 
 def test_bad_input_raises():

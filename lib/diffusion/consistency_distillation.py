@@ -9,7 +9,9 @@ equation each function computes:
   x0_theta(x_t, t)`` with ``c_skip = s^2 / ((k t)^2 + s^2)`` and ``c_out = k t / sqrt((k t)^2
   + s^2)`` (``s = sigma_data = 0.5``, ``k = 10`` the timestep scaling of the official code), so
   ``f(x, 0) = x`` exactly (the boundary condition).
-* :func:`predicted_x0` -- ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
+* :func:`predicted_x0` -- ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``;
+  :func:`clean_and_noise` reads ``(x0, eps)`` off an epsilon- or an x0-prediction
+  (``"sample"``) model's output.
 * :func:`skipping_timesteps` -- the teacher's DDIM grid ``t_n = n k - 1`` (``k = 1000 / N``,
   ``N = 50`` DDIM steps), the *skipping-step* schedule: one solver step spans ``k = 20``
   training timesteps.
@@ -57,14 +59,31 @@ def predicted_x0(eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
+PREDICTIONS = ("epsilon", "sample")
+
+
+def clean_and_noise(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(x0, eps)`` from a model output: epsilon prediction gives ``x0`` by
+    :func:`predicted_x0`; x0 prediction (``"sample"``) gives ``eps = (x_t - sqrt(abar) x0) /
+    sqrt(1 - abar)`` (DDIM, eq. 12 solved the other way)."""
+    if prediction_type == "epsilon":
+        return predicted_x0(output, x_t, t, alphas_cumprod), output
+    if prediction_type == "sample":
+        abar = _expand(alphas_cumprod[t], x_t)
+        return output, (x_t - abar.sqrt() * output) / (1 - abar).sqrt()
+    raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
+
+
 def consistency_function(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
                          states: torch.Tensor, alphas_cumprod: torch.Tensor,
-                         ) -> torch.Tensor:  # fmt: skip
-    """``f(x_t, c, t) = c_skip(t) x_t + c_out(t) x0(eps_theta(x_t, t, c))`` (LCM, eq. 6)."""
-    eps = unet(x_t, t, encoder_hidden_states=states).sample
+                         prediction_type: str = "epsilon") -> torch.Tensor:  # fmt: skip
+    """``f(x_t, c, t) = c_skip(t) x_t + c_out(t) x0_theta(x_t, t, c)`` (LCM, eq. 6)."""
+    out = unet(x_t, t, encoder_hidden_states=states).sample
+    x0, _ = clean_and_noise(out, x_t, t, alphas_cumprod, prediction_type)
     c_skip, c_out = boundary_scalings(t)
-    return _expand(c_skip, x_t) * x_t + _expand(c_out, x_t) * predicted_x0(eps, x_t, t,
-                                                                          alphas_cumprod)
+    return _expand(c_skip, x_t) * x_t + _expand(c_out, x_t) * x0
 
 
 def skipping_timesteps(num_train_timesteps: int = 1000, ddim_steps: int = 50) -> torch.Tensor:
@@ -80,7 +99,7 @@ def lcd_loss(
     student: nn.Module, target: nn.Module, teacher: nn.Module, z0: torch.Tensor,
     states: torch.Tensor, empty_states: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     guidance: float = 3.0, grid: torch.Tensor | None = None, huber_c: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, prediction_type: str = "epsilon",
 ) -> torch.Tensor:
     """The latent consistency distillation loss of one batch (LCM, Algorithm 1).
 
@@ -90,7 +109,9 @@ def lcd_loss(
     epsilon ``eps_u + w (eps_c - eps_u)`` and its ``x0`` give the DDIM step to ``t_n``:
     ``x_hat = sqrt(abar_{t_n}) x0 + sqrt(1 - abar_{t_n}) eps``; the loss is
     ``d(f_student(x_{t_{n+k}}, t_{n+k}), f_target(x_hat, t_n))`` with ``d`` the squared error
-    (or the pseudo-Huber ``sqrt(d^2 + c^2) - c`` when ``huber_c`` is given).
+    (or the pseudo-Huber ``sqrt(d^2 + c^2) - c`` when ``huber_c`` is given). Teacher and
+    student share ``prediction_type`` (``"epsilon"`` or ``"sample"``; guidance combines the
+    outputs linearly either way).
     """
     if guidance < 1.0:
         raise ValueError(f"guidance must be >= 1, got {guidance}")
@@ -107,14 +128,16 @@ def lcd_loss(
     x_start = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
     with torch.no_grad():
         context = torch.cat([empty_states.expand(n, -1, -1), states])
-        eps_u, eps_c = teacher(torch.cat([x_start, x_start]), torch.cat([t_start, t_start]),
+        out_u, out_c = teacher(torch.cat([x_start, x_start]), torch.cat([t_start, t_start]),
                                encoder_hidden_states=context).sample.chunk(2)  # fmt: skip
-        eps = eps_u + guidance * (eps_c - eps_u)
-        x0 = predicted_x0(eps, x_start, t_start, alphas_cumprod)
+        x0, eps = clean_and_noise(out_u + guidance * (out_c - out_u), x_start, t_start,
+                                  alphas_cumprod, prediction_type)  # fmt: skip
         abar_end = _expand(alphas_cumprod[t_end], z0)
         x_end = abar_end.sqrt() * x0 + (1 - abar_end).sqrt() * eps
-        f_target = consistency_function(target, x_end, t_end, states, alphas_cumprod)
-    f_student = consistency_function(student, x_start, t_start, states, alphas_cumprod)
+        f_target = consistency_function(target, x_end, t_end, states, alphas_cumprod,
+                                        prediction_type)  # fmt: skip
+    f_student = consistency_function(student, x_start, t_start, states, alphas_cumprod,
+                                     prediction_type)  # fmt: skip
     if huber_c is None:
         return F.mse_loss(f_student.float(), f_target.float())
     if huber_c <= 0:

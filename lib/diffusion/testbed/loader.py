@@ -33,6 +33,8 @@ from lib.diffusion.lora_adapters import LoraAdapter
 from lib.diffusion.mask_conditioned_decoder import AsymmetricDecoder
 from lib.diffusion.testbed import models
 from lib.diffusion.testbed.data import MiniTokenizer
+from lib.diffusion.testbed.evaluators import CaptionClassifier
+from lib.diffusion.testbed.texture_model import TextureDenoiser
 from lib.util.shipped_weights import sha256_file, verify_file
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -43,7 +45,9 @@ FOLDERS = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "vae": "vae
            "asym_decoder": "asymmetric_decoder", "fingerprint": "fingerprint",
            "fingerprint_plain": "fingerprint_plain", "flawed_unet": "flawed_unet",
            "oms": "oms", "flawed_style_lora": "flawed_style_lora",
-           "style_lora": "style_lora", "lcm_lora": "lcm_lora"}  # fmt: skip
+           "style_lora": "style_lora", "lcm_lora": "lcm_lora",
+           "texture_classifier": "texture_classifier", "texture_unet": "texture_unet",
+           "texture_lcm": "texture_lcm"}  # fmt: skip
 """Sub-folder of each part, named as in a diffusers hub repository (SD3 calls its DiT
 ``transformer``)."""
 LORA_PARTS = ("style_lora", "lcm_lora", "flawed_style_lora")
@@ -69,7 +73,10 @@ def write_static_parts(folder: Path, manifest: dict) -> None:
 
 def save_component(folder: Path, part: str, model: torch.nn.Module, manifest: dict) -> None:
     """``save_pretrained`` (safetensors) into the part's sub-folder and record the hashes."""
-    model.save_pretrained(folder / FOLDERS[part], safe_serialization=True)
+    if isinstance(model, CaptionClassifier):  # its own save_pretrained (JSON + safetensors)
+        model.save_pretrained(folder / FOLDERS[part])
+    else:
+        model.save_pretrained(folder / FOLDERS[part], safe_serialization=True)
     _record(folder, part, manifest)
 
 
@@ -97,12 +104,16 @@ def load_component(folder: Path, part: str, manifest: dict | None = None) -> Any
         return DDIMScheduler.from_pretrained(path)
     if part == "flow_scheduler":
         return FlowMatchEulerDiscreteScheduler.from_pretrained(path)
+    if part == "texture_classifier":
+        return CaptionClassifier.from_pretrained(path).requires_grad_(False)
     cls = {"text_encoder": CLIPTextModel, "vae": AutoencoderKL, "unet": UNet2DConditionModel,
            "flawed_unet": UNet2DConditionModel, "oms": UNet2DConditionModel,
            "dit": models.MiniDiT, "asym_decoder": AsymmetricDecoder,
            "fingerprint": FingerprintModulation, "fingerprint_plain": FingerprintModulation,
+           "texture_unet": TextureDenoiser, "texture_lcm": TextureDenoiser,
            **{p: LoraAdapter for p in LORA_PARTS}}[part]
-    extra = ({"torch_dtype": torch.float32} if part in ("asym_decoder", "flawed_unet")
+    extra = ({"torch_dtype": torch.float32}
+             if part in ("asym_decoder", "flawed_unet", "texture_unet", "texture_lcm")
              else {})  # these ship in float16  # fmt: skip
     model = cls.from_pretrained(path, use_safetensors=True, **extra)
     return model.eval().requires_grad_(False)

@@ -201,3 +201,38 @@ def generate_textures(n: int, seed: int | Sequence[int] = 0,
     captions = [texture_caption(int(c), int(f)) for c, f in zip(colour, family)]
     return Textures(np.clip(images, 0, 1).astype(np.float32), heights[:, None], family, colour,
                     captions)  # fmt: skip
+
+
+def scaled_crops(maps: np.ndarray, seed: int | Sequence[int] = 0,
+                 scale: tuple[float, float] = (1.25, 1.75)) -> np.ndarray:  # fmt: skip
+    """Random magnified windows of periodic maps: crops that do **not** tile.
+
+    ``maps`` ``(n, C, 32, 32)`` are periodic on the 32x32 torus (:func:`generate_textures`).
+    Each output pixel ``(i, j)`` reads the map bilinearly, with wrap-around, at
+    ``(o_y + i / s, o_x + j / s)``: a random offset ``o`` and a magnification ``s`` drawn
+    uniformly from ``scale`` per image. With ``s > 1`` a crop spans ``32 / s`` pixels of one
+    period, so its right edge no longer continues its left edge, as in photographs of materials
+    (or SDXL renders of textures): the training images of chapter 21's texture model are such
+    crops, so nothing in the data teaches it to tile.
+    """
+    x = np.asarray(maps, dtype=np.float32)
+    if x.ndim != 4 or x.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"maps must be (n, C, {IMAGE_SIZE}, {IMAGE_SIZE}), got {x.shape}")
+    lo, hi = scale
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    s = rng.uniform(lo, hi, n)[:, None]
+    off = rng.uniform(0, IMAGE_SIZE, (2, n, 1))
+    u = np.mod(off + _GRID[None, None, :] / s[None], IMAGE_SIZE)  # (2, n, 32): y then x
+    i0 = np.floor(u).astype(int)
+    f = (u - i0).astype(np.float32)
+    i1 = (i0 + 1) % IMAGE_SIZE
+    rows = np.arange(n)[:, None, None]
+    out = np.zeros_like(x)
+    for iy, wy in ((i0[0], 1 - f[0]), (i1[0], f[0])):
+        for ix, wx in ((i0[1], 1 - f[1]), (i1[1], f[1])):
+            patch = x[rows, :, iy[:, :, None], ix[:, None, :]]  # (n, 32, 32, C)
+            out += (wy[:, :, None] * wx[:, None, :])[:, None] * np.moveaxis(patch, -1, 1)
+    return out

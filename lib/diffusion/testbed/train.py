@@ -57,10 +57,10 @@ from lib.diffusion.testbed.evaluators import (
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 STAGES = ("text_encoder", "vae", "unet", "dit", "asym_decoder",
           "fingerprint", "fingerprint_plain", "flawed_unet", "oms", "flawed_style_lora",
-          "style_lora", "lcm_lora")
+          "style_lora", "lcm_lora", "texture_classifier", "texture_unet", "texture_lcm")
 BASE_STAGES = ("text_encoder", "vae", "unet", "dit")
 """Stages the others are fine-tuned from or condition on; ``--parallel`` trains them first."""
-LANES = (("asym_decoder", "fingerprint"),
+LANES = (("asym_decoder", "fingerprint", "texture_classifier", "texture_unet", "texture_lcm"),
          ("fingerprint_plain", "flawed_unet", "oms", "flawed_style_lora", "style_lora",
           "lcm_lora"))  # fmt: skip
 """With ``--parallel``, the remaining stages run as two one-thread processes, these lanes, each
@@ -539,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 model, record = train_lcm_lora(args.out, args.seed, get("unet"),
                                                get("text_encoder"), get("vae"))  # fmt: skip
+            elif stage.startswith("texture_"):  # own module (chapter 21's texture model)
+                from lib.diffusion.testbed import train_textures as tt
+
+                if stage == "texture_classifier":
+                    model, record = tt.train_texture_classifier(args.out, args.seed)
+                elif stage == "texture_unet":
+                    model, record = tt.train_texture_unet(args.out, args.seed,
+                                                          get("texture_classifier"))
+                else:
+                    model, record = tt.train_texture_lcm(args.out, args.seed, get("texture_unet"),
+                                                         get("texture_classifier"))
             else:
                 model, record = train_dit(args.out, args.seed, get("text_encoder"), get("vae"))
         except StageFailed as err:
